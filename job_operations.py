@@ -1,0 +1,458 @@
+"""Every job type, from a validated request to a JSON-ready response.
+
+The data path of a speech job, one function per step:
+request → :func:`voice_sources.resolve_voice` (prompt array) → ``Worker.conditionals``
+(cache) → model ``synthesize``/``stream`` (audio) → :func:`encode_output` (response).
+
+The model is anything with the :class:`SpeechModel` methods: the real
+``OptimizedChatterboxTTS``, or the stub the unit tests use. This module imports no torch.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from audio_io import encode_audio_base64, join_audio_chunks, normalize_audio, resample
+from conditionals_cache import CacheKey, ConditionalsCache
+from job_errors import JobError
+from optimized_voice_library import OptimizedVoiceLibrary
+from request_schema import (
+    MAX_SEED,
+    ListVoicesRequest,
+    Request,
+    SearchVoicesRequest,
+    TTSRequest,
+    UploadVoiceRequest,
+    VoiceCloningRequest,
+    VoiceConversionRequest,
+    VoiceTransferRequest,
+)
+from text_chunking import split_text
+from voice_sources import (
+    MAX_CLONE_SECONDS,
+    MIN_CLONE_SECONDS,
+    VoicePrompt,
+    library_voice,
+    resolve_voice,
+    uploaded_voice,
+)
+
+logger = logging.getLogger(__name__)
+
+# Input audio for conversion: longer clips are cut, as the deployed worker did.
+MAX_CONVERSION_INPUT_SECONDS = 120.0
+MS = 1000.0
+
+
+class SpeechModel(Protocol):
+    sr: int
+    variant: str
+
+    def prepare_conditionals_from_array(self, samples: np.ndarray, sample_rate: int,
+                                        exaggeration: float = 0.5) -> Any: ...
+    def default_conditionals(self) -> Any: ...
+    def synthesize(self, text: str, **kwargs: Any) -> np.ndarray: ...
+    def stream(self, text: str, **kwargs: Any) -> Iterator[np.ndarray]: ...
+    def convert_voice(self, samples: np.ndarray, sample_rate: int, target: Any, **kwargs: Any) -> np.ndarray: ...
+    def release_memory(self) -> None: ...
+
+
+# (model, prompt, exaggeration, use_cache) -> (conditionals, cache source)
+Conditioner = Callable[[SpeechModel, VoicePrompt, float, bool], tuple[Any, str]]
+
+
+@dataclass
+class Timer:
+    """Wall-clock milliseconds per named stage of one job."""
+
+    start: float = field(default_factory=time.perf_counter)
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def measure(self, stage: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.stages[stage] = timer.stages.get(stage, 0.0) + (time.perf_counter() - self.t0) * MS
+
+        return _Stage()
+
+    def metrics(self, audio_seconds: float, cache_source: str | None) -> dict[str, Any]:
+        generation_ms = self.stages.get("generation_ms", 0.0)
+        return {
+            "voice_load_ms": round(self.stages.get("voice_load_ms", 0.0), 3),
+            "conditionals_ms": round(self.stages.get("conditionals_ms", 0.0), 3),
+            "generation_ms": round(generation_ms, 3),
+            "encode_ms": round(self.stages.get("encode_ms", 0.0), 3),
+            "total_ms": round((time.perf_counter() - self.start) * MS, 3),
+            "audio_seconds": round(audio_seconds, 4),
+            "rtf": round(generation_ms / MS / audio_seconds, 4) if audio_seconds > 0 else None,
+            "cache_hit": cache_source in ("memory", "disk"),
+            "cache_source": cache_source,
+        }
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    # torch.cuda.OutOfMemoryError, matched by name so that this module needs no torch.
+    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
+
+
+def encode_output(wav: np.ndarray, model_sr: int, *, output_format: str,
+                  sample_rate: int | None = None, normalization: str | None = None) -> tuple[str, int]:
+    """Normalise, resample and encode; returns (base64 audio, its sample rate)."""
+    wav = normalize_audio(wav, normalization)
+    out_sr = sample_rate or model_sr
+    wav = resample(wav, model_sr, out_sr)
+    return encode_audio_base64(wav, out_sr, output_format), out_sr
+
+
+def new_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+class Worker:
+    """Serves validated requests with loaded models, the voice library and the cache."""
+
+    def __init__(self, models: dict[str, SpeechModel], library: OptimizedVoiceLibrary,
+                 cache: ConditionalsCache | None = None, conditioner: Conditioner | None = None,
+                 disabled_models_hint: str = "CHATTERBOX_MODELS"):
+        self.models = models
+        self.library = library
+        self.cache = cache
+        self._conditioner = conditioner or self._array_conditionals
+        self._hint = disabled_models_hint
+        self._lock = threading.Lock()
+
+    # -- steps -------------------------------------------------------------------------
+
+    def model_for(self, variant: str) -> SpeechModel:
+        model = self.models.get(variant)
+        if model is None:
+            loaded = ", ".join(sorted(self.models)) or "none"
+            raise JobError("model", f"model {variant!r} is not loaded on this worker (loaded: {loaded}); "
+                                    f"add it to {self._hint}, e.g. {self._hint}=standard,{variant}")
+        return model
+
+    def _array_conditionals(self, model: SpeechModel, prompt: VoicePrompt, exaggeration: float,
+                            use_cache: bool) -> tuple[Any, str]:
+        def build():
+            return model.prepare_conditionals_from_array(prompt.samples, prompt.sample_rate, exaggeration)
+
+        if not use_cache or self.cache is None:
+            return build(), "computed"
+        lookup = self.cache.get_or_build(CacheKey(model.variant, prompt.content_hash), build)
+        return lookup.conditionals, lookup.source
+
+    def conditionals(self, model: SpeechModel, prompt: VoicePrompt | None, exaggeration: float,
+                     use_cache: bool) -> tuple[Any, str | None]:
+        if prompt is None:
+            return model.default_conditionals(), None
+        return self._with_memory_retry(lambda: self._conditioner(model, prompt, exaggeration, use_cache))
+
+    def _with_memory_retry(self, call: Callable[[], Any]) -> Any:
+        """On GPU out-of-memory, free the cache and allocator once and retry."""
+        try:
+            return call()
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            logger.warning("out of GPU memory; evicting cached conditionals and retrying once")
+            if self.cache is not None:
+                self.cache.evict(1.0)
+            for model in self.models.values():
+                model.release_memory()
+        try:
+            return call()
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise JobError("model", "out of GPU memory even after freeing the cache; "
+                                        "try shorter text or fewer concurrent jobs") from None
+            raise
+
+    def preload(self, spec: str, max_seconds: float) -> int:
+        """Prepare library voices' conditionals ahead of jobs; stops at ``max_seconds``.
+
+        ``spec`` is "all" or a count N (the first N voices of the catalog). Returns how many
+        voices were prepared. Runs in a background thread, so it never delays readiness.
+        """
+        voices = self.library.list_voices()
+        if spec.strip().lower() != "all":
+            voices = voices[: int(spec)]
+        deadline = time.monotonic() + max_seconds
+        done = 0
+        for voice in voices:
+            if time.monotonic() >= deadline:
+                logger.info("preload stopped at its %.0f s bound after %d voices", max_seconds, done)
+                break
+            try:
+                prompt = library_voice(self.library, voice_id=voice["voice_id"])
+                for model in self.models.values():
+                    self.conditionals(model, prompt, 0.5, use_cache=True)
+                done += 1
+            except Exception as exc:  # a bad voice must not stop the others
+                logger.warning("preload skipped voice %s: %s", voice.get("voice_id"), exc)
+        logger.info("preloaded conditionals for %d voices", done)
+        return done
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def run(self, request: Request) -> dict[str, Any]:
+        if isinstance(request, TTSRequest):
+            return self.tts(request)
+        if isinstance(request, VoiceCloningRequest):
+            return self.voice_cloning(request)
+        if isinstance(request, UploadVoiceRequest):
+            return self.upload_voice(request)
+        if isinstance(request, ListVoicesRequest):
+            return self.list_voices(request)
+        if isinstance(request, SearchVoicesRequest):
+            return self.search_voices(request)
+        if isinstance(request, VoiceConversionRequest):
+            return self.voice_conversion(request)
+        if isinstance(request, VoiceTransferRequest):
+            return self.voice_transfer(request)
+        raise JobError("operation", f"unsupported request {type(request).__name__}")
+
+    # -- speech ------------------------------------------------------------------------
+
+    def _sampling(self, request: TTSRequest | VoiceCloningRequest, exaggeration: float,
+                  cfg_weight: float, seed: int) -> dict[str, Any]:
+        return dict(exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=request.temperature,
+                    repetition_penalty=request.repetition_penalty, min_p=request.min_p,
+                    top_p=request.top_p, max_new_tokens=request.max_new_tokens, seed=seed)
+
+    def _speak(self, model: SpeechModel, text: str, conds: Any, sampling: dict[str, Any]) -> np.ndarray:
+        """Long text is spoken sentence-chunk by chunk with one voice, then joined."""
+        chunks = split_text(text) or [text]
+        parts = [self._with_memory_retry(lambda c=c: model.synthesize(c, conditionals=conds, **sampling))
+                 for c in chunks]
+        return join_audio_chunks(parts, model.sr)
+
+    def _speak_streaming(self, model: SpeechModel, text: str, conds: Any, sampling: dict[str, Any],
+                         chunk_size: int, started: float) -> tuple[np.ndarray, dict[str, Any]]:
+        details, pieces = [], []
+        for sentence_chunk in split_text(text) or [text]:
+            for wav in model.stream(sentence_chunk, conditionals=conds, chunk_size=chunk_size, **sampling):
+                now = time.perf_counter()
+                details.append({"chunk_index": len(details), "samples": int(wav.size),
+                                "duration": round(wav.size / model.sr, 4),
+                                "latency": round(now - started, 4)})
+                pieces.append(wav)
+        audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        total = time.perf_counter() - started
+        duration = audio.size / model.sr
+        return audio, {
+            "total_chunks": len(details),
+            "first_chunk_latency": details[0]["latency"] if details else None,
+            "total_generation_time": round(total, 4),
+            "audio_duration": round(duration, 4),
+            "rtf": round(total / duration, 4) if duration > 0 else None,
+            "chunk_details": details,
+        }
+
+    def tts(self, request: TTSRequest) -> dict[str, Any]:
+        timer = Timer()
+        model = self.model_for(request.model)
+        with timer.measure("voice_load_ms"):
+            prompt = resolve_voice(self.library, voice_id=request.voice_id, voice_name=request.voice_name,
+                                   audio=request.reference_audio,
+                                   max_seconds=request.max_reference_duration_sec)
+        exaggeration = request.effective_exaggeration
+        with timer.measure("conditionals_ms"):
+            conds, source = self.conditionals(model, prompt, exaggeration, request.cache)
+        seed = request.seed if request.seed is not None else new_seed()
+        sampling = self._sampling(request, exaggeration, request.effective_cfg_weight, seed)
+        response: dict[str, Any] = {}
+        with timer.measure("generation_ms"):
+            if request.mode == "basic":
+                wav = self._speak(model, request.text, conds, sampling)
+            else:
+                wav, response["streaming_metrics"] = self._speak_streaming(
+                    model, request.text, conds, sampling, request.effective_chunk_size, time.perf_counter())
+        with timer.measure("encode_ms"):
+            audio, out_sr = encode_output(wav, model.sr, output_format=request.output_format,
+                                          sample_rate=request.sample_rate,
+                                          normalization=request.audio_normalization)
+        response.update({
+            "audio": audio,
+            "sample_rate": out_sr,
+            "format": request.output_format,
+            "duration": round(wav.size / model.sr, 4),
+            "text": request.text,
+            "mode": request.mode,
+            "seed": seed,
+            "parameters": {
+                "voice_cloning": prompt is not None,
+                "voice_id": (prompt.voice_id if prompt else None) or "none",
+                "voice_name": (prompt.voice_name if prompt else None) or "none",
+                "voice_source": prompt.source if prompt else "builtin",
+                "exaggeration": exaggeration,
+                "cfg_weight": request.effective_cfg_weight,
+                "temperature": request.temperature,
+                "model": request.model,
+            },
+            "metrics": timer.metrics(wav.size / model.sr, source),
+        })
+        return response
+
+    # -- voice library -----------------------------------------------------------------
+
+    def _save_upload(self, name: str, prompt: VoicePrompt, description: str, gender: str) -> tuple[dict, VoicePrompt]:
+        """Store a voice at the model rate and return it as the library will serve it."""
+        samples = resample(prompt.samples, prompt.sample_rate, self.library_sample_rate)
+        entry = self.library.save_voice(name, samples, self.library_sample_rate, description=description,
+                                        gender=gender, original_file="upload")
+        return entry, library_voice(self.library, voice_id=entry["voice_id"])
+
+    @property
+    def library_sample_rate(self) -> int:
+        return next(iter(self.models.values())).sr if self.models else 24000
+
+    @staticmethod
+    def _voice_info(entry: dict | None, name: str | None, description: str, duration: float,
+                    sample_rate: int) -> dict[str, Any]:
+        entry = entry or {}
+        return {
+            "voice_id": entry.get("voice_id", "none"),
+            "voice_name": entry.get("speaker_name", name or "none"),
+            "description": description,
+            "duration": round(entry.get("duration", duration), 4),
+            "sample_rate": entry.get("sample_rate", sample_rate),
+            "created_at": entry.get("created_at"),
+            "type": entry.get("type", "unsaved"),
+        }
+
+    def voice_cloning(self, request: VoiceCloningRequest) -> dict[str, Any]:
+        timer = Timer()
+        model = self.model_for(request.model)
+        with timer.measure("voice_load_ms"):
+            prompt = uploaded_voice(request.reference_audio, "reference_audio",
+                                    max_seconds=MAX_CLONE_SECONDS, min_seconds=MIN_CLONE_SECONDS)
+            entry = None
+            if request.save_to_library:
+                entry, prompt = self._save_upload(request.voice_name, prompt, request.voice_description,
+                                                  request.gender)
+        with timer.measure("conditionals_ms"):
+            conds, source = self.conditionals(model, prompt, request.exaggeration, request.cache)
+        seed = request.seed if request.seed is not None else new_seed()
+        sampling = self._sampling(request, request.exaggeration, request.effective_cfg_weight, seed)
+        with timer.measure("generation_ms"):
+            wav = self._speak(model, request.text, conds, sampling)
+        with timer.measure("encode_ms"):
+            audio, out_sr = encode_output(wav, model.sr, output_format=request.output_format,
+                                          sample_rate=request.sample_rate,
+                                          normalization=request.audio_normalization)
+        saved = entry is not None
+        return {
+            "success": True,
+            "voice_info": self._voice_info(entry, request.voice_name, request.voice_description,
+                                           prompt.duration, prompt.sample_rate),
+            "sample_audio": audio,
+            "sample_rate": out_sr,
+            "format": request.output_format,
+            "saved_to_library": saved,
+            "seed": seed,
+            "message": (f"Voice '{entry['speaker_name']}' saved to the library as {entry['voice_id']}"
+                        if saved else "Voice cloned; not saved (save_to_library is false)"),
+            "metrics": timer.metrics(wav.size / model.sr, source),
+        }
+
+    def upload_voice(self, request: UploadVoiceRequest) -> dict[str, Any]:
+        timer = Timer()
+        with timer.measure("voice_load_ms"):
+            prompt = uploaded_voice(request.reference_audio, "reference_audio",
+                                    max_seconds=MAX_CLONE_SECONDS, min_seconds=MIN_CLONE_SECONDS)
+            entry, _ = self._save_upload(request.voice_name, prompt, request.voice_description, request.gender)
+        return {
+            "success": True,
+            "voice_info": self._voice_info(entry, request.voice_name, request.voice_description,
+                                           prompt.duration, prompt.sample_rate),
+            "saved_to_library": True,
+            "message": f"Voice '{entry['speaker_name']}' saved to the library as {entry['voice_id']}",
+            "metrics": timer.metrics(0.0, None),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        stats = dict(self.library.get_stats())
+        stats["conditionals_cache"] = self.cache.stats() if self.cache else None
+        stats["models_loaded"] = sorted(self.models)
+        return stats
+
+    def list_voices(self, request: ListVoicesRequest) -> dict[str, Any]:
+        timer = Timer()
+        voices = self.library.list_voices()
+        if request.operation == "list_voices":
+            return {"voices": voices, "total_voices": len(voices), "stats": self.stats(),
+                    "metrics": timer.metrics(0.0, None)}
+        return {"local_voices": voices, "total_local_voices": len(voices), "stats": self.stats(),
+                "metrics": timer.metrics(0.0, None)}
+
+    def search_voices(self, request: SearchVoicesRequest) -> dict[str, Any]:
+        timer = Timer()
+        voices = self.library.search_voices(request.query, request.gender)
+        return {"voices": voices, "total_results": len(voices), "query": request.query,
+                "gender": request.gender, "metrics": timer.metrics(0.0, None)}
+
+    # -- conversion --------------------------------------------------------------------
+
+    def _convert(self, request: VoiceConversionRequest | VoiceTransferRequest, target: VoicePrompt,
+                 timer: Timer) -> tuple[dict[str, Any], float]:
+        model = self.model_for("standard")
+        with timer.measure("voice_load_ms"):
+            source = uploaded_voice(request.input_audio, "input_audio", max_seconds=MAX_CONVERSION_INPUT_SECONDS)
+        with timer.measure("conditionals_ms"):
+            conds, cache_source = self.conditionals(model, target, 0.5, request.cache)
+        seed = request.seed if request.seed is not None else new_seed()
+        with timer.measure("generation_ms"):
+            wav = self._with_memory_retry(lambda: model.convert_voice(
+                source.samples, source.sample_rate, conds, watermark=not request.no_watermark, seed=seed))
+        with timer.measure("encode_ms"):
+            audio, out_sr = encode_output(wav, model.sr, output_format=request.output_format,
+                                          sample_rate=request.sample_rate)
+        return {
+            "audio": audio,
+            "sample_rate": out_sr,
+            "duration": round(wav.size / model.sr, 4),
+            "format": request.output_format,
+            "model": "s3gen",
+            "operation": request.operation,
+            "seed": seed,
+            "metrics": timer.metrics(wav.size / model.sr, cache_source),
+        }, source.duration
+
+    def voice_conversion(self, request: VoiceConversionRequest) -> dict[str, Any]:
+        timer = Timer()
+        with timer.measure("voice_load_ms"):
+            target = resolve_voice(self.library, voice_id=request.voice_id, voice_name=request.voice_name,
+                                   audio=request.target_speaker, audio_field="target_speaker")
+        response, _ = self._convert(request, target, timer)
+        return response
+
+    def voice_transfer(self, request: VoiceTransferRequest) -> dict[str, Any]:
+        timer = Timer()
+        with timer.measure("voice_load_ms"):
+            target = resolve_voice(self.library, voice_id=request.voice_id, voice_name=request.voice_name,
+                                   audio=request.target_audio, audio_field="target_audio")
+        response, input_duration = self._convert(request, target, timer)
+        if request.transfer_mode == "embedding":
+            info = {"transfer_mode": "embedding", "target_voice": target.voice_name,
+                    "target_voice_id": target.voice_id, "source": "library"}
+        else:
+            info = {"transfer_mode": "audio", "target_source": "target_audio",
+                    "target_duration": round(target.duration, 4)}
+        response.update({
+            "transfer_info": info,
+            "input_duration": round(input_duration, 4),
+            "processing_time": round(response["metrics"]["total_ms"] / MS, 4),
+        })
+        return response

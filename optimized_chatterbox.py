@@ -1,0 +1,447 @@
+"""Chatterbox TTS conditioned straight from numpy arrays.
+
+The library computes a voice's conditionals from a file path (``librosa.load`` on a WAV).
+:class:`OptimizedChatterboxTTS` takes the samples and their rate instead, reproduces the
+library's resampling and trimming step for step, and returns the conditionals rather than
+storing them on the model. Generation takes the conditionals per call, so concurrent jobs
+never read each other's voice, and nothing is ever written to the file system.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import librosa
+import numpy as np
+import torch
+from chatterbox.models.s3gen import S3GEN_SR
+from chatterbox.models.s3tokenizer import S3_SR, drop_invalid_tokens
+from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
+from chatterbox.models.t3.modules.cond_enc import T3Cond
+from chatterbox.tts import ChatterboxTTS, Conditionals, punc_norm
+from safetensors.torch import load_file, save_file
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TopPLogitsWarper,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_VARIANT = "standard"
+# Speech-token ids at or above this are control tokens, not audio (the library's own cut).
+SPEECH_VOCAB_SIZE = 6561
+# The library hard-codes 1000 new speech tokens (about 40 s of audio).
+LIBRARY_MAX_NEW_TOKENS = 1000
+DEFAULT_MAX_NEW_TOKENS = int(os.environ.get("CHATTERBOX_MAX_NEW_TOKENS", LIBRARY_MAX_NEW_TOKENS))
+# Streaming decodes each window of new tokens together with this many earlier tokens, so the
+# vocoder sees context across the seam; the context's own audio is cut off again.
+STREAM_CONTEXT_TOKENS = 25
+STREAM_FADE_SECONDS = 0.02
+CONDITIONALS_FORMAT = "chatterbox-conditionals-v1"
+# Derived per call by T3 from the prompt tokens; never cached or persisted.
+_T3_DERIVED_FIELDS = ("cond_prompt_speech_emb",)
+
+
+def prompt_at_model_rate(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """What ``librosa.load(path, sr=24000)`` returns for a file holding these samples.
+
+    librosa resamples with soxr_hq; any other resampler changes the speech tokens.
+    """
+    wav = np.asarray(samples, dtype=np.float32)
+    if sample_rate != S3GEN_SR:
+        wav = librosa.resample(wav, orig_sr=sample_rate, target_sr=S3GEN_SR)
+    return wav
+
+
+def default_device() -> str:
+    return os.environ.get("CHATTERBOX_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the process-global RNGs that T3 sampling and the S3Gen flow draw from."""
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+class OptimizedChatterboxTTS(ChatterboxTTS):
+    """``ChatterboxTTS`` whose voice comes from arrays and whose calls share no voice state."""
+
+    variant = MODEL_VARIANT
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The built-in voice as loaded. ``self.conds`` stays for library compatibility, but
+        # the library's own prepare_conditionals overwrites it, so nothing here reads it.
+        self.builtin_conds: Conditionals | None = self.conds
+        # One job at a time on the sampling path: torch's RNG is process-global (a seeded
+        # job is only reproducible if nothing else draws from it meanwhile), and
+        # T3.inference rebinds ``self.patched_model`` on every call.
+        self.inference_lock = threading.Lock()
+
+    # -- conditionals ------------------------------------------------------------------
+
+    def prepare_conditionals_from_array(
+        self, samples: np.ndarray, sample_rate: int, exaggeration: float = 0.5
+    ) -> Conditionals:
+        """The library's ``prepare_conditionals`` on an array; returns, never stores."""
+        s3gen_ref_wav = prompt_at_model_rate(samples, sample_rate)
+        ref_16k_wav = librosa.resample(s3gen_ref_wav, orig_sr=S3GEN_SR, target_sr=S3_SR)
+
+        with torch.inference_mode():
+            gen = self.s3gen.embed_ref(
+                s3gen_ref_wav[: self.DEC_COND_LEN], S3GEN_SR, device=self.device
+            )
+            prompt_tokens = None
+            if plen := self.t3.hp.speech_cond_prompt_len:
+                prompt_tokens, _ = self.s3gen.tokenizer.forward(
+                    [ref_16k_wav[: self.ENC_COND_LEN]], max_len=plen
+                )
+                prompt_tokens = torch.atleast_2d(prompt_tokens).to(self.device)
+            ve_embed = torch.from_numpy(self.ve.embeds_from_wavs([ref_16k_wav], sample_rate=S3_SR))
+            ve_embed = ve_embed.mean(axis=0, keepdim=True).to(self.device)
+
+        t3_cond = T3Cond(
+            speaker_emb=ve_embed,
+            cond_prompt_speech_tokens=prompt_tokens,
+            emotion_adv=exaggeration * torch.ones(1, 1, 1),
+        ).to(device=self.device)
+        return Conditionals(t3_cond, gen)
+
+    def default_conditionals(self) -> Conditionals:
+        if self.builtin_conds is None:
+            raise ValueError("this checkpoint has no built-in voice (conds.pt); pass a voice")
+        return self.builtin_conds
+
+    def conditionals_for_call(self, conds: Conditionals, exaggeration: float) -> Conditionals:
+        """A private copy for one generation.
+
+        T3 writes ``cond_prompt_speech_emb`` into the T3Cond it is given and S3Gen casts the
+        ``gen`` dict in place, so each call gets fresh containers over the shared tensors.
+        Exaggeration only rebuilds the small ``emotion_adv`` tensor, as the library does.
+        """
+        t3 = conds.t3
+        t3_call = T3Cond(
+            speaker_emb=t3.speaker_emb,
+            clap_emb=t3.clap_emb,
+            cond_prompt_speech_tokens=t3.cond_prompt_speech_tokens,
+            emotion_adv=exaggeration * torch.ones(1, 1, 1),
+        ).to(device=self.device)
+        return Conditionals(t3_call, dict(conds.gen))
+
+    # -- generation --------------------------------------------------------------------
+
+    def _text_tokens(self, text: str) -> torch.Tensor:
+        tokens = self.tokenizer.text_to_tokens(punc_norm(text)).to(self.device)
+        # Always a batch of two (conditional, unconditional): T3 inference assumes it, and
+        # the library's own generate crashes on cfg_weight=0 because it then passes one.
+        tokens = torch.cat([tokens, tokens], dim=0)
+        tokens = torch.nn.functional.pad(tokens, (1, 0), value=self.t3.hp.start_text_token)
+        return torch.nn.functional.pad(tokens, (0, 1), value=self.t3.hp.stop_text_token)
+
+    def _tokens_to_wav(self, speech_tokens: torch.Tensor, gen: dict) -> np.ndarray:
+        speech_tokens = drop_invalid_tokens(speech_tokens)
+        speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB_SIZE].to(self.device)
+        if speech_tokens.numel() == 0:
+            return np.zeros(0, dtype=np.float32)
+        wav, _ = self.s3gen.inference(speech_tokens=speech_tokens, ref_dict=dict(gen))
+        return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+
+    def _watermark(self, wav: np.ndarray) -> np.ndarray:
+        if wav.size == 0:
+            return wav
+        marked = self.watermarker.apply_watermark(wav, sample_rate=self.sr)
+        return np.asarray(marked, dtype=np.float32)
+
+    def synthesize(
+        self,
+        text: str,
+        *,
+        conditionals: Conditionals | None = None,
+        exaggeration: float = 0.5,
+        cfg_weight: float = 0.5,
+        temperature: float = 0.8,
+        repetition_penalty: float = 1.2,
+        min_p: float = 0.05,
+        top_p: float = 1.0,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        watermark: bool = True,
+    ) -> np.ndarray:
+        """Text to a float32 waveform at ``self.sr``, with the given conditionals."""
+        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
+        text_tokens = self._text_tokens(text)
+        with self.inference_lock, torch.inference_mode():
+            if seed is not None:
+                seed_everything(seed)
+            speech_tokens = self.t3.inference(
+                t3_cond=call.t3,
+                text_tokens=text_tokens,
+                max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                temperature=temperature,
+                cfg_weight=cfg_weight,
+                repetition_penalty=repetition_penalty,
+                min_p=min_p,
+                top_p=top_p,
+            )
+            wav = self._tokens_to_wav(speech_tokens[0], call.gen)
+            return self._watermark(wav) if watermark else wav
+
+    def generate(
+        self,
+        text,
+        repetition_penalty=1.2,
+        min_p=0.05,
+        top_p=1.0,
+        audio_prompt_path=None,
+        exaggeration=0.5,
+        cfg_weight=0.5,
+        temperature=0.8,
+        *,
+        audio_prompt_array: np.ndarray | None = None,
+        audio_prompt_sr: int = S3GEN_SR,
+        conditionals: Conditionals | None = None,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """The library's ``generate`` signature, plus arrays or ready conditionals.
+
+        Returns a ``(1, N)`` tensor like the library. Never touches ``self.conds``.
+        """
+        if conditionals is None:
+            if audio_prompt_array is not None:
+                conditionals = self.prepare_conditionals_from_array(
+                    audio_prompt_array, audio_prompt_sr, exaggeration
+                )
+            elif audio_prompt_path:
+                wav, _ = librosa.load(audio_prompt_path, sr=S3GEN_SR)
+                conditionals = self.prepare_conditionals_from_array(wav, S3GEN_SR, exaggeration)
+        wav = self.synthesize(
+            text,
+            conditionals=conditionals,
+            exaggeration=exaggeration,
+            cfg_weight=cfg_weight,
+            temperature=temperature,
+            repetition_penalty=repetition_penalty,
+            min_p=min_p,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+        )
+        return torch.from_numpy(wav).unsqueeze(0)
+
+    # -- token-level streaming ---------------------------------------------------------
+
+    def _sample_speech_tokens(
+        self,
+        t3_cond: T3Cond,
+        text_tokens: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        cfg_weight: float,
+        repetition_penalty: float,
+        min_p: float,
+        top_p: float,
+    ) -> Iterator[torch.Tensor]:
+        """``T3.inference``'s sampling loop, yielding each speech token as it is drawn.
+
+        It mirrors the library loop step for step (same processors, same order, same RNG
+        draws), so with one seed it yields exactly the tokens ``T3.inference`` returns.
+        """
+        t3, hp = self.t3, self.t3.hp
+        embeds, _ = t3.prepare_input_embeds(
+            t3_cond=t3_cond,
+            text_tokens=text_tokens,
+            speech_tokens=hp.start_speech_token * torch.ones_like(text_tokens[:, :1]),
+            cfg_weight=cfg_weight,
+        )
+        backend = T3HuggingfaceBackend(
+            config=t3.cfg, llama=t3.tfmr, speech_enc=t3.speech_emb, speech_head=t3.speech_head
+        )
+        bos = torch.tensor([[hp.start_speech_token]], dtype=torch.long, device=embeds.device)
+        bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
+        inputs_embeds = torch.cat([embeds, torch.cat([bos_embed, bos_embed])], dim=1)
+
+        generated = bos.clone()
+        min_p_warper = MinPLogitsWarper(min_p=min_p)
+        top_p_warper = TopPLogitsWarper(top_p=top_p)
+        repetition = RepetitionPenaltyLogitsProcessor(penalty=float(repetition_penalty))
+        forward_kwargs = dict(output_attentions=True, output_hidden_states=True, return_dict=True)
+        output = backend(inputs_embeds=inputs_embeds, past_key_values=None, use_cache=True, **forward_kwargs)
+        past = output.past_key_values
+        for i in range(max_new_tokens):
+            logits_step = output.logits[:, -1, :]
+            cond, uncond = logits_step[0:1, :], logits_step[1:2, :]
+            cfg = torch.as_tensor(cfg_weight, device=cond.device, dtype=cond.dtype)
+            logits = cond + cfg * (cond - uncond)
+            ids = generated[:1, ...]
+            logits = repetition(ids, logits)
+            if temperature != 1.0:
+                logits = logits / temperature
+            logits = top_p_warper(ids, min_p_warper(ids, logits))
+            next_token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
+            generated = torch.cat([generated, next_token], dim=1)
+            if next_token.view(-1) == hp.stop_speech_token:
+                return
+            yield next_token
+            next_embed = t3.speech_emb(next_token) + t3.speech_pos_emb.get_fixed_embedding(i + 1)
+            output = backend(
+                inputs_embeds=torch.cat([next_embed, next_embed]), past_key_values=past, **forward_kwargs
+            )
+            past = output.past_key_values
+
+    def _decode_window(self, tokens: list[torch.Tensor], start: int, gen: dict) -> np.ndarray:
+        """Audio for tokens[start:], decoded with up to STREAM_CONTEXT_TOKENS before them."""
+        context_start = max(0, start - STREAM_CONTEXT_TOKENS)
+        window = torch.cat(tokens[context_start:], dim=1)[0]
+        keep = window < SPEECH_VOCAB_SIZE
+        n_context = int(keep[: start - context_start].sum())
+        window = window[keep]
+        if window.numel() == 0:
+            return np.zeros(0, dtype=np.float32)
+        wav, _ = self.s3gen.inference(speech_tokens=window.to(self.device), ref_dict=dict(gen))
+        wav = wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+        if n_context:
+            wav = wav[int(round(len(wav) * n_context / window.numel())):].copy()
+            fade = min(len(wav), int(STREAM_FADE_SECONDS * self.sr))
+            wav[:fade] *= np.linspace(0.0, 1.0, fade, dtype=np.float32)
+        return wav
+
+    def stream(
+        self,
+        text: str,
+        *,
+        conditionals: Conditionals | None = None,
+        chunk_size: int = 50,
+        exaggeration: float = 0.5,
+        cfg_weight: float = 0.5,
+        temperature: float = 0.8,
+        repetition_penalty: float = 1.2,
+        min_p: float = 0.05,
+        top_p: float = 1.0,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        watermark: bool = True,
+    ) -> Iterator[np.ndarray]:
+        """Yield audio every ``chunk_size`` speech tokens while T3 is still sampling."""
+        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
+        text_tokens = self._text_tokens(text)
+        tokens: list[torch.Tensor] = []
+        emitted = 0
+        with self.inference_lock, torch.inference_mode():
+            if seed is not None:
+                seed_everything(seed)
+            sampler = self._sample_speech_tokens(
+                call.t3,
+                text_tokens,
+                max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                temperature=temperature,
+                cfg_weight=cfg_weight,
+                repetition_penalty=repetition_penalty,
+                min_p=min_p,
+                top_p=top_p,
+            )
+            for token in sampler:
+                tokens.append(token)
+                if len(tokens) - emitted >= chunk_size:
+                    wav = self._decode_window(tokens, emitted, call.gen)
+                    emitted = len(tokens)
+                    yield self._watermark(wav) if watermark else wav
+            if len(tokens) > emitted or not tokens:
+                wav = self._decode_window(tokens, emitted, call.gen) if tokens else np.zeros(0, np.float32)
+                yield self._watermark(wav) if watermark else wav
+
+    # -- voice conversion --------------------------------------------------------------
+
+    def convert_voice(
+        self,
+        samples: np.ndarray,
+        sample_rate: int,
+        target: Conditionals,
+        *,
+        watermark: bool = True,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """``ChatterboxVC.generate`` on arrays, with the target voice's S3Gen conditionals.
+
+        ``ChatterboxVC.set_target_voice`` computes exactly ``conds.gen`` (the first 10 s at
+        24 kHz through ``embed_ref``), so a voice's cached conditionals serve both TTS and VC.
+        """
+        audio_16k = np.asarray(samples, dtype=np.float32)
+        if sample_rate != S3_SR:
+            audio_16k = librosa.resample(audio_16k, orig_sr=sample_rate, target_sr=S3_SR)
+        with self.inference_lock, torch.inference_mode():
+            if seed is not None:
+                seed_everything(seed)
+            audio = torch.from_numpy(audio_16k).float().to(self.device)[None,]
+            speech_tokens, _ = self.s3gen.tokenizer(audio)
+            wav, _ = self.s3gen.inference(speech_tokens=speech_tokens, ref_dict=dict(target.gen))
+            wav = wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+            return self._watermark(wav) if watermark else wav
+
+    def release_memory(self) -> None:
+        """Give cached allocator blocks back after an out-of-memory error."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class ConditionalsCodec:
+    """Sizes and stores :class:`Conditionals` without pickle (safetensors).
+
+    Only the tensors that define a voice are kept: T3's derived prompt embedding is
+    recomputed per call, and ``None`` fields are listed in the metadata.
+    """
+
+    def __init__(self, device: str):
+        self.device = device
+
+    @staticmethod
+    def _tensors(conds: Conditionals) -> dict[str, torch.Tensor | None]:
+        fields = {f"t3.{k}": v for k, v in vars(conds.t3).items() if k not in _T3_DERIVED_FIELDS}
+        fields.update({f"gen.{k}": v for k, v in conds.gen.items()})
+        return fields
+
+    def nbytes(self, conds: Conditionals) -> int:
+        return sum(
+            v.numel() * v.element_size() for v in self._tensors(conds).values() if torch.is_tensor(v)
+        )
+
+    def save(self, conds: Conditionals, path: Path, metadata: dict[str, str]) -> None:
+        fields = self._tensors(conds)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in fields.items() if torch.is_tensor(v)}
+        nones = ",".join(k for k, v in fields.items() if v is None)
+        save_file(tensors, str(path), metadata={**metadata, "format": CONDITIONALS_FORMAT, "none": nones})
+
+    def load(self, path: Path, expected_metadata: dict[str, str]) -> Conditionals:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        expected = {**expected_metadata, "format": CONDITIONALS_FORMAT}
+        mismatched = {k: metadata.get(k) for k, v in expected.items() if metadata.get(k) != v}
+        if mismatched:
+            raise ValueError(f"metadata does not match: {mismatched}")
+        tensors = load_file(str(path), device="cpu")
+        fields: dict[str, torch.Tensor | None] = dict(tensors)
+        fields.update({k: None for k in metadata.get("none", "").split(",") if k})
+        t3 = {k[3:]: v for k, v in fields.items() if k.startswith("t3.")}
+        gen = {k[4:]: v for k, v in fields.items() if k.startswith("gen.")}
+        if "speaker_emb" not in t3 or "prompt_feat" not in gen:
+            raise ValueError("missing tensors")
+        return Conditionals(T3Cond(**t3), gen).to(self.device)
+
+
+def create_optimized_tts(device: str | None = None, ckpt_dir: str | Path | None = None) -> OptimizedChatterboxTTS:
+    """Load the model: from ``CHATTERBOX_CKPT_DIR`` when set, else from the hub."""
+    device = device or default_device()
+    ckpt_dir = ckpt_dir or os.environ.get("CHATTERBOX_CKPT_DIR")
+    if ckpt_dir:
+        logger.info("loading Chatterbox from %s on %s", ckpt_dir, device)
+        return OptimizedChatterboxTTS.from_local(ckpt_dir, device)
+    logger.info("loading Chatterbox from the model hub on %s", device)
+    return OptimizedChatterboxTTS.from_pretrained(device)

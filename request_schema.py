@@ -1,0 +1,274 @@
+"""The job contract as data: one typed request model per operation.
+
+Every field the deployed worker accepted is accepted here, with the same defaults.
+A rejected job becomes a :class:`JobError` naming the field and the rule it broke.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from job_errors import JobError
+
+MAX_TEXT_CHARS = 5000
+MAX_NAME_CHARS = 100
+MAX_DESCRIPTION_CHARS = 1000
+MAX_SEED = 2**32 - 1
+LIBRARY_MAX_NEW_TOKENS = 1000
+DEFAULT_SAMPLE_TEXT = "Hello! This is a sample of my cloned voice, ready for text to speech."
+# Clients of the old worker echo back "none" for a voice they did not set.
+_ABSENT = {"", "none", "null"}
+
+OutputFormat = Literal["wav", "flac", "mp3", "ogg", "opus", "pcm_16"]
+ModelVariant = Literal["standard", "multilingual", "turbo"]
+Exaggeration = Annotated[float, Field(ge=0.0, le=2.0)]
+CfgWeight = Annotated[float, Field(ge=0.0, le=3.0)]
+Temperature = Annotated[float, Field(gt=0.0, le=5.0)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+MaxNewTokens = Annotated[int, Field(ge=1, le=LIBRARY_MAX_NEW_TOKENS)]
+OutputSampleRate = Annotated[int, Field(ge=8000, le=48000)]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+VoiceName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS)]
+
+
+def reject_unknown_fields() -> bool:
+    return os.environ.get("REJECT_UNKNOWN_FIELDS", "true").lower() not in ("0", "false", "no")
+
+
+class _Request(BaseModel):
+    # Strict types: "0.5" for a float or 1 for a bool is a client bug worth reporting.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_absent_voices(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("voice_id", "voice_name"):
+                value = data.get(key)
+                if isinstance(value, str) and value.strip().lower() in _ABSENT:
+                    data.pop(key)
+        return data
+
+
+def _only_one(request: BaseModel, fields: tuple[str, ...], *, required: bool) -> None:
+    given = [f for f in fields if getattr(request, f) is not None]
+    if len(given) > 1:
+        raise ValueError(f"give only one of {', '.join(fields)} (got {', '.join(given)})")
+    if required and not given:
+        raise ValueError(f"one of {', '.join(fields)} is required")
+
+
+class _Generation(_Request):
+    """Sampling knobs shared by every operation that generates speech."""
+
+    temperature: Temperature = 0.8
+    seed: Seed | None = None
+    max_new_tokens: MaxNewTokens | None = None
+    repetition_penalty: Annotated[float, Field(ge=1.0, le=3.0)] = 1.2
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    output_format: OutputFormat = "wav"
+    sample_rate: OutputSampleRate | None = None
+    audio_normalization: Literal["peak", "rms"] | None = None
+    model: ModelVariant = "standard"
+    language_id: Annotated[str, Field(min_length=2, max_length=8)] | None = None
+    cache: bool = True
+
+
+class TTSRequest(_Generation):
+    operation: Literal["tts"] = "tts"
+    mode: Literal["basic", "streaming", "streaming_voice_cloning"] = "basic"
+    text: Text
+    voice_id: str | None = None
+    voice_name: VoiceName | None = None
+    reference_audio: str | None = None
+    max_reference_duration_sec: Annotated[float, Field(gt=0.0, le=60.0)] = 30.0
+    exaggeration: Exaggeration | None = None
+    cfg_weight: CfgWeight | None = None
+    cfg: CfgWeight | None = None
+    chunk_size: Annotated[int, Field(ge=1, le=LIBRARY_MAX_NEW_TOKENS)] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "TTSRequest":
+        _only_one(self, ("voice_id", "voice_name", "reference_audio"),
+                  required=self.mode == "streaming_voice_cloning")
+        if self.cfg is not None and self.cfg_weight is not None and self.cfg != self.cfg_weight:
+            raise ValueError("cfg is an alias of cfg_weight; give one, or the same value")
+        if not self.text.strip():
+            raise ValueError("text must not be blank")
+        return self
+
+    @property
+    def voice_cloning_mode(self) -> bool:
+        return self.mode == "streaming_voice_cloning"
+
+    @property
+    def effective_exaggeration(self) -> float:
+        if self.exaggeration is not None:
+            return self.exaggeration
+        return 0.7 if self.voice_cloning_mode else 0.5
+
+    @property
+    def effective_cfg_weight(self) -> float:
+        for value in (self.cfg_weight, self.cfg):
+            if value is not None:
+                return value
+        return 0.3 if self.voice_cloning_mode else 0.5
+
+    @property
+    def effective_chunk_size(self) -> int:
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return 25 if self.voice_cloning_mode else 50
+
+
+class VoiceCloningRequest(_Generation):
+    operation: Literal["voice_cloning"]
+    reference_audio: str
+    voice_name: VoiceName | None = None
+    voice_description: Description = ""
+    gender: Annotated[str, Field(min_length=1, max_length=32)] = "unknown"
+    save_to_library: bool = True
+    text: Text = DEFAULT_SAMPLE_TEXT
+    exaggeration: Exaggeration = 0.5
+    cfg_weight: CfgWeight | None = None
+    cfg: CfgWeight | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "VoiceCloningRequest":
+        if self.save_to_library and self.voice_name is None:
+            raise ValueError("voice_name is required when save_to_library is true")
+        return self
+
+    @property
+    def effective_cfg_weight(self) -> float:
+        return next((v for v in (self.cfg_weight, self.cfg) if v is not None), 0.5)
+
+
+class UploadVoiceRequest(_Request):
+    operation: Literal["upload_voice"]
+    voice_name: VoiceName
+    reference_audio: str
+    voice_description: Description = ""
+    gender: Annotated[str, Field(min_length=1, max_length=32)] = "unknown"
+
+
+class ListVoicesRequest(_Request):
+    operation: Literal["list_local_voices", "list_voices"]
+
+
+class SearchVoicesRequest(_Request):
+    operation: Literal["search_local_voices"]
+    query: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    gender: Annotated[str, Field(max_length=32)] | None = None
+
+
+class VoiceConversionRequest(_Request):
+    operation: Literal["voice_conversion"]
+    input_audio: str
+    target_speaker: str | None = None
+    voice_name: VoiceName | None = None
+    voice_id: str | None = None
+    no_watermark: bool = False
+    output_format: OutputFormat = "wav"
+    sample_rate: OutputSampleRate | None = None
+    seed: Seed | None = None
+    cache: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "VoiceConversionRequest":
+        _only_one(self, ("target_speaker", "voice_name", "voice_id"), required=True)
+        return self
+
+
+class VoiceTransferRequest(_Request):
+    operation: Literal["voice_transfer"]
+    transfer_mode: Literal["embedding", "audio"] = "embedding"
+    input_audio: str
+    voice_name: VoiceName | None = None
+    voice_id: str | None = None
+    target_audio: str | None = None
+    no_watermark: bool = False
+    output_format: OutputFormat = "wav"
+    sample_rate: OutputSampleRate | None = None
+    seed: Seed | None = None
+    cache: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "VoiceTransferRequest":
+        if self.transfer_mode == "embedding":
+            if self.target_audio is not None:
+                raise ValueError("target_audio is for transfer_mode 'audio'; give voice_name or voice_id")
+            _only_one(self, ("voice_name", "voice_id"), required=True)
+        else:
+            if self.target_audio is None:
+                raise ValueError("target_audio is required when transfer_mode is 'audio'")
+            if self.voice_name is not None or self.voice_id is not None:
+                raise ValueError("transfer_mode 'audio' takes target_audio, not voice_name or voice_id")
+        return self
+
+
+Request = Union[
+    TTSRequest,
+    VoiceCloningRequest,
+    UploadVoiceRequest,
+    ListVoicesRequest,
+    SearchVoicesRequest,
+    VoiceConversionRequest,
+    VoiceTransferRequest,
+]
+
+REQUEST_MODELS: dict[str, type[_Request]] = {
+    "tts": TTSRequest,
+    "voice_cloning": VoiceCloningRequest,
+    "upload_voice": UploadVoiceRequest,
+    "list_local_voices": ListVoicesRequest,
+    "list_voices": ListVoicesRequest,
+    "search_local_voices": SearchVoicesRequest,
+    "voice_conversion": VoiceConversionRequest,
+    "voice_transfer": VoiceTransferRequest,
+}
+OPERATIONS = tuple(REQUEST_MODELS)
+
+
+def _field(error: dict, model: type[BaseModel]) -> str:
+    """The field an error is about; a whole-model rule names the first field it mentions."""
+    if error["loc"]:
+        return ".".join(str(part) for part in error["loc"])
+    message = error["msg"]
+    mentioned = [(message.find(name), name) for name in model.model_fields if re.search(rf"\b{name}\b", message)]
+    return min(mentioned)[1] if mentioned else "input"
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field (not part of this operation's contract)"
+    return f"{_field(error, model)}: {message}"
+
+
+def parse_request(raw: Any) -> tuple[Request, list[str]]:
+    """Validate a job's ``input``; returns the request and any warnings for the response."""
+    if not isinstance(raw, dict):
+        raise JobError("input", f"must be a JSON object, got {type(raw).__name__}")
+    operation = raw.get("operation", "tts")
+    if not isinstance(operation, str) or operation not in REQUEST_MODELS:
+        raise JobError("operation", f"unknown operation {operation!r}; expected one of {', '.join(OPERATIONS)}")
+    model = REQUEST_MODELS[operation]
+    data, warnings = dict(raw), []
+    if not reject_unknown_fields():
+        for name in sorted(set(data) - set(model.model_fields)):
+            data.pop(name)
+            warnings.append(f"{name}: unknown field ignored")
+    try:
+        return model.model_validate(data), warnings
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        field = _field(errors[0], model)
+        message = "; ".join(_describe(e, model) for e in errors)
+        raise JobError(field, message.removeprefix(f"{field}: ")) from None

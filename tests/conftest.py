@@ -1,0 +1,68 @@
+"""Shared fixtures: a worker around the stub model (no torch), over a copy of the demo library."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+sys.path[:0] = [str(REPO), str(TESTS)]
+
+from stub_model import StubCodec, StubModel  # noqa: E402
+
+
+@pytest.fixture
+def library_dir(tmp_path) -> Path:
+    """A writable copy of the shipped demo library."""
+    target = tmp_path / "library"
+    target.mkdir()
+    shutil.copy(REPO / "voice_catalog.json", target)
+    if (REPO / "name_mapping.json").exists():
+        shutil.copy(REPO / "name_mapping.json", target)
+    shutil.copytree(REPO / "voice_embeddings", target / "voice_embeddings")
+    return target
+
+
+@pytest.fixture
+def library(library_dir):
+    from optimized_voice_library import OptimizedVoiceLibrary
+
+    return OptimizedVoiceLibrary(library_dir)
+
+
+@pytest.fixture
+def stub_model() -> StubModel:
+    return StubModel()
+
+
+@pytest.fixture
+def cache(tmp_path):
+    from conditionals_cache import ConditionalsCache
+
+    return ConditionalsCache(StubCodec(), max_bytes=10_000, disk_dir=tmp_path / "conds")
+
+
+@pytest.fixture
+def worker(stub_model, library, cache):
+    from job_operations import Worker
+
+    return Worker({"standard": stub_model}, library, cache)
+
+
+@pytest.fixture
+def run_job(worker, monkeypatch):
+    """Run a job's input through handler.handle with the stub worker."""
+    import handler
+
+    monkeypatch.setattr(handler, "get_worker", lambda: worker)
+
+    def run(job_input):
+        result = handler.handle(job_input)
+        json.dumps(result)  # every response must be JSON as RunPod posts it
+        return result
+
+    return run

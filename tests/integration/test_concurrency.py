@@ -1,0 +1,76 @@
+"""Concurrent jobs on one model object never swap voices (real classes, CPU)."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from real_model import N_SHORT_VOICES
+
+pytestmark = pytest.mark.integration
+
+N_JOBS = 50
+N_THREADS = 8
+# One speech token per job: the point is which conditionals reach T3 and S3Gen, not audio.
+TOKENS_PER_JOB = 1
+
+
+def test_fifty_jobs_eight_threads_five_voices(real_worker, model, monkeypatch):
+    import handler
+
+    monkeypatch.setattr(handler, "get_worker", lambda: real_worker)
+    library = real_worker.library
+    names = [v["speaker_name"] for v in library.list_voices()][:N_SHORT_VOICES]
+    assert len(names) == N_SHORT_VOICES
+
+    # Single-threaded reference: each voice's conditionals, computed directly.
+    reference = {}
+    for name in names:
+        voice = library.get_voice_audio_by_name_direct(name)
+        reference[name] = model.prepare_conditionals_from_array(voice.samples, voice.sample_rate)
+
+    # Capture what each generation actually fed T3 and S3Gen, per job thread.
+    current = threading.local()
+    used: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    t3_inference, synthesize = model.t3.inference, model.synthesize
+
+    def spy_t3(*args, **kwargs):
+        current.speaker_emb = kwargs["t3_cond"].speaker_emb.clone()
+        current.prompt_tokens = kwargs["t3_cond"].cond_prompt_speech_tokens.clone()
+        return t3_inference(*args, **kwargs)
+
+    def spy_synthesize(text, **kwargs):
+        current.gen_embedding = kwargs["conditionals"].gen["embedding"].clone()
+        wav = synthesize(text, **kwargs)
+        used.append((text, current.speaker_emb, current.prompt_tokens, current.gen_embedding))
+        return wav
+
+    monkeypatch.setattr(model.t3, "inference", spy_t3)
+    monkeypatch.setattr(model, "synthesize", spy_synthesize)
+
+    barrier = threading.Barrier(N_THREADS)
+
+    def job(i: int):
+        name = names[i % len(names)]
+        if i < N_THREADS:
+            barrier.wait(timeout=30)  # the first wave starts together, all voices cold
+        result = handler.handler({"input": {"text": f"Voice {name}.", "voice_name": name,
+                                            "max_new_tokens": TOKENS_PER_JOB, "seed": i}})
+        return name, result
+
+    with ThreadPoolExecutor(max_workers=N_THREADS) as pool:
+        results = list(pool.map(job, range(N_JOBS)))
+
+    for name, result in results:
+        assert "error" not in result, result
+        assert result["parameters"]["voice_name"] == name
+    assert len(used) == N_JOBS
+    for text, speaker_emb, prompt_tokens, gen_embedding in used:
+        name = text.removeprefix("Voice ").removesuffix(".")
+        ref = reference[name]
+        assert torch.equal(speaker_emb, ref.t3.speaker_emb), name
+        assert torch.equal(prompt_tokens, ref.t3.cond_prompt_speech_tokens), name
+        assert torch.equal(gen_embedding, ref.gen["embedding"]), name
+    stats = real_worker.cache.stats()
+    assert stats["misses"] == N_SHORT_VOICES  # each voice computed once, however many asked at once
