@@ -69,7 +69,8 @@ def get_worker():
 
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:
-    return optimized_handler.run_job(job.get("input") if isinstance(job, dict) else None, get_worker)
+    return optimized_handler.run_job(job.get("input") if isinstance(job, dict) else None, get_worker,
+                                     optimized_handler.progress_reporter(job))
 
 
 if __name__ == "__main__":

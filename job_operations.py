@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from audio_io import encode_audio_base64, join_audio_chunks, normalize_audio, resample
+from audio_io import encode_audio, encode_audio_base64, join_audio_chunks, normalize_audio, resample
 from conditionals_cache import CacheKey, ConditionalsCache
 from job_errors import JobError
 from optimized_voice_library import OptimizedVoiceLibrary
@@ -34,6 +34,7 @@ from request_schema import (
     VoiceConversionRequest,
     VoiceTransferRequest,
 )
+from result_delivery import deliver_audio
 from text_chunking import split_text
 from voice_sources import (
     MAX_CLONE_SECONDS,
@@ -107,17 +108,29 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
 
 
-def encode_output(wav: np.ndarray, model_sr: int, *, output_format: str,
-                  sample_rate: int | None = None, normalization: str | None = None) -> tuple[str, int]:
-    """Normalise, resample and encode; returns (base64 audio, its sample rate)."""
+def encode_output(wav: np.ndarray, model_sr: int, *, output_format: str, sample_rate: int | None = None,
+                  normalization: str | None = None, key: str = "audio") -> tuple[dict[str, str], int]:
+    """Normalise, resample, encode and deliver: ({key: base64} or {key_url: url}, sample rate)."""
     wav = normalize_audio(wav, normalization)
     out_sr = sample_rate or model_sr
     wav = resample(wav, model_sr, out_sr)
-    return encode_audio_base64(wav, out_sr, output_format), out_sr
+    return deliver_audio(encode_audio(wav, out_sr, output_format), output_format, key=key), out_sr
 
 
 def new_seed() -> int:
     return secrets.randbelow(MAX_SEED + 1)
+
+
+@dataclass(frozen=True)
+class _TTSJob:
+    """What every tts mode has decided before generating."""
+
+    model: SpeechModel
+    prompt: VoicePrompt | None
+    conds: Any
+    source: str | None
+    seed: int
+    sampling: dict[str, Any]
 
 
 class Worker:
@@ -157,6 +170,10 @@ class Worker:
                      use_cache: bool) -> tuple[Any, str | None]:
         if prompt is None:
             return model.default_conditionals(), None
+        min_seconds = getattr(model, "min_prompt_seconds", 0.0)
+        if prompt.duration <= min_seconds:
+            raise JobError(prompt.field, f"is {prompt.duration:.2f} s long; the {model.variant} model needs "
+                                         f"a voice longer than {min_seconds:g} s")
         return self._with_memory_retry(lambda: self._conditioner(model, prompt, exaggeration, use_cache))
 
     def _with_memory_retry(self, call: Callable[[], Any]) -> Any:
@@ -206,9 +223,10 @@ class Worker:
 
     # -- dispatch ----------------------------------------------------------------------
 
-    def run(self, request: Request) -> dict[str, Any]:
+    def run(self, request: Request, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Serve one request; ``progress(done, total)`` hears about long multi-chunk jobs."""
         if isinstance(request, TTSRequest):
-            return self.tts(request)
+            return self.tts(request, progress)
         if isinstance(request, VoiceCloningRequest):
             return self.voice_cloning(request)
         if isinstance(request, UploadVoiceRequest):
@@ -227,15 +245,22 @@ class Worker:
 
     def _sampling(self, request: TTSRequest | VoiceCloningRequest, exaggeration: float,
                   cfg_weight: float, seed: int) -> dict[str, Any]:
-        return dict(exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=request.temperature,
-                    repetition_penalty=request.repetition_penalty, min_p=request.min_p,
-                    top_p=request.top_p, max_new_tokens=request.max_new_tokens, seed=seed)
+        sampling = dict(exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=request.temperature,
+                        repetition_penalty=request.repetition_penalty, min_p=request.min_p,
+                        top_p=request.top_p, max_new_tokens=request.max_new_tokens, seed=seed)
+        if request.effective_language_id is not None:
+            sampling["language_id"] = request.effective_language_id
+        return sampling
 
-    def _speak(self, model: SpeechModel, text: str, conds: Any, sampling: dict[str, Any]) -> np.ndarray:
+    def _speak(self, model: SpeechModel, text: str, conds: Any, sampling: dict[str, Any],
+               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Long text is spoken sentence-chunk by chunk with one voice, then joined."""
         chunks = split_text(text) or [text]
-        parts = [self._with_memory_retry(lambda c=c: model.synthesize(c, conditionals=conds, **sampling))
-                 for c in chunks]
+        parts = []
+        for chunk in chunks:
+            parts.append(self._with_memory_retry(lambda: model.synthesize(chunk, conditionals=conds, **sampling)))
+            if progress is not None and len(chunks) > 1:
+                progress(len(parts), len(chunks))
         return join_audio_chunks(parts, model.sr)
 
     def _speak_streaming(self, model: SpeechModel, text: str, conds: Any, sampling: dict[str, Any],
@@ -260,8 +285,7 @@ class Worker:
             "chunk_details": details,
         }
 
-    def tts(self, request: TTSRequest) -> dict[str, Any]:
-        timer = Timer()
+    def _prepare_tts(self, request: TTSRequest, timer: Timer) -> "_TTSJob":
         model = self.model_for(request.model)
         with timer.measure("voice_load_ms"):
             prompt = resolve_voice(self.library, voice_id=request.voice_id, voice_name=request.voice_name,
@@ -271,39 +295,93 @@ class Worker:
         with timer.measure("conditionals_ms"):
             conds, source = self.conditionals(model, prompt, exaggeration, request.cache)
         seed = request.seed if request.seed is not None else new_seed()
-        sampling = self._sampling(request, exaggeration, request.effective_cfg_weight, seed)
-        response: dict[str, Any] = {}
-        with timer.measure("generation_ms"):
-            if request.mode == "basic":
-                wav = self._speak(model, request.text, conds, sampling)
-            else:
-                wav, response["streaming_metrics"] = self._speak_streaming(
-                    model, request.text, conds, sampling, request.effective_chunk_size, time.perf_counter())
-        with timer.measure("encode_ms"):
-            audio, out_sr = encode_output(wav, model.sr, output_format=request.output_format,
-                                          sample_rate=request.sample_rate,
-                                          normalization=request.audio_normalization)
-        response.update({
-            "audio": audio,
-            "sample_rate": out_sr,
-            "format": request.output_format,
-            "duration": round(wav.size / model.sr, 4),
+        return _TTSJob(model, prompt, conds, source, seed,
+                       self._sampling(request, exaggeration, request.effective_cfg_weight, seed))
+
+    @staticmethod
+    def _tts_fields(request: TTSRequest, job: "_TTSJob") -> dict[str, Any]:
+        prompt = job.prompt
+        return {
             "text": request.text,
             "mode": request.mode,
-            "seed": seed,
+            "seed": job.seed,
             "parameters": {
                 "voice_cloning": prompt is not None,
                 "voice_id": (prompt.voice_id if prompt else None) or "none",
                 "voice_name": (prompt.voice_name if prompt else None) or "none",
                 "voice_source": prompt.source if prompt else "builtin",
-                "exaggeration": exaggeration,
-                "cfg_weight": request.effective_cfg_weight,
+                "exaggeration": job.sampling["exaggeration"],
+                "cfg_weight": job.sampling["cfg_weight"],
                 "temperature": request.temperature,
                 "model": request.model,
+                "language_id": request.effective_language_id,
             },
-            "metrics": timer.metrics(wav.size / model.sr, source),
-        })
+        }
+
+    def tts(self, request: TTSRequest, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        timer = Timer()
+        job = self._prepare_tts(request, timer)
+        model = job.model
+        response: dict[str, Any] = {}
+        with timer.measure("generation_ms"):
+            if request.mode == "basic":
+                wav = self._speak(model, request.text, job.conds, job.sampling, progress)
+            else:
+                wav, response["streaming_metrics"] = self._speak_streaming(
+                    model, request.text, job.conds, job.sampling, request.effective_chunk_size,
+                    time.perf_counter())
+        with timer.measure("encode_ms"):
+            audio, out_sr = encode_output(wav, model.sr, output_format=request.output_format,
+                                          sample_rate=request.sample_rate,
+                                          normalization=request.audio_normalization)
+        response.update({**audio, "sample_rate": out_sr, "format": request.output_format,
+                         "duration": round(wav.size / model.sr, 4), **self._tts_fields(request, job),
+                         "metrics": timer.metrics(wav.size / model.sr, job.source)})
         return response
+
+    def tts_stream(self, request: TTSRequest) -> Iterator[dict[str, Any]]:
+        """Audio chunks as they are made (RunPod ``/stream``), then one item with the metrics.
+
+        Each chunk is ``{chunk_index, audio, format, sample_rate, is_last}``; ``is_last`` marks
+        the final audio chunk. Chunks are encoded one by one, so each is a complete file
+        (use ``pcm_16`` to concatenate them byte for byte). Normalisation needs the whole
+        signal, so streamed chunks are not normalised.
+        """
+        timer = Timer()
+        job = self._prepare_tts(request, timer)
+        model, out_sr = job.model, request.sample_rate or job.model.sr
+        started = time.perf_counter()
+        chunks = (wav for text in split_text(request.text) or [request.text]
+                  for wav in model.stream(text, conditionals=job.conds, chunk_size=request.effective_chunk_size,
+                                          **job.sampling))
+        details, total_samples = [], 0
+        pending = next(chunks, None)
+        while pending is not None:
+            following = next(chunks, None)
+            with timer.measure("encode_ms"):
+                audio = encode_audio_base64(resample(pending, model.sr, out_sr), out_sr, request.output_format)
+            details.append({"chunk_index": len(details), "samples": int(pending.size),
+                            "duration": round(pending.size / model.sr, 4),
+                            "latency": round(time.perf_counter() - started, 4)})
+            total_samples += pending.size
+            yield {"chunk_index": len(details) - 1, "audio": audio, "format": request.output_format,
+                   "sample_rate": out_sr, "is_last": following is None}
+            pending = following
+        generation = time.perf_counter() - started
+        timer.stages["generation_ms"] = generation * MS - timer.stages.get("encode_ms", 0.0)
+        duration = total_samples / model.sr
+        yield {
+            **self._tts_fields(request, job),
+            "streaming_metrics": {
+                "total_chunks": len(details),
+                "first_chunk_latency": details[0]["latency"] if details else None,
+                "total_generation_time": round(generation, 4),
+                "audio_duration": round(duration, 4),
+                "rtf": round(generation / duration, 4) if duration > 0 else None,
+                "chunk_details": details,
+            },
+            "metrics": timer.metrics(duration, job.source),
+        }
 
     # -- voice library -----------------------------------------------------------------
 
@@ -351,13 +429,13 @@ class Worker:
         with timer.measure("encode_ms"):
             audio, out_sr = encode_output(wav, model.sr, output_format=request.output_format,
                                           sample_rate=request.sample_rate,
-                                          normalization=request.audio_normalization)
+                                          normalization=request.audio_normalization, key="sample_audio")
         saved = entry is not None
         return {
             "success": True,
             "voice_info": self._voice_info(entry, request.voice_name, request.voice_description,
                                            prompt.duration, prompt.sample_rate),
-            "sample_audio": audio,
+            **audio,
             "sample_rate": out_sr,
             "format": request.output_format,
             "saved_to_library": saved,
@@ -420,7 +498,7 @@ class Worker:
             audio, out_sr = encode_output(wav, model.sr, output_format=request.output_format,
                                           sample_rate=request.sample_rate)
         return {
-            "audio": audio,
+            **audio,
             "sample_rate": out_sr,
             "duration": round(wav.size / model.sr, 4),
             "format": request.output_format,

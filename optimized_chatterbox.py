@@ -18,6 +18,7 @@ import librosa
 import numpy as np
 import torch
 from chatterbox.models.s3gen import S3GEN_SR
+from chatterbox.models.s3gen.const import S3GEN_SIL
 from chatterbox.models.s3tokenizer import S3_SR, drop_invalid_tokens
 from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
 from chatterbox.models.t3.modules.cond_enc import T3Cond
@@ -41,6 +42,9 @@ DEFAULT_MAX_NEW_TOKENS = int(os.environ.get("CHATTERBOX_MAX_NEW_TOKENS", LIBRARY
 # vocoder sees context across the seam; the context's own audio is cut off again.
 STREAM_CONTEXT_TOKENS = 25
 STREAM_FADE_SECONDS = 0.02
+# S3Gen's output fade-in spans two tokens of audio (40 ms); one token alone crashes it, so a
+# shorter sequence is padded with the library's own silence token, as Turbo pads its end.
+MIN_DECODABLE_TOKENS = 2
 CONDITIONALS_FORMAT = "chatterbox-conditionals-v1"
 # Derived per call by T3 from the prompt tokens; never cached or persisted.
 _T3_DERIVED_FIELDS = ("cond_prompt_speech_emb",)
@@ -57,6 +61,14 @@ def prompt_at_model_rate(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     return wav
 
 
+def pad_to_decodable(speech_tokens: torch.Tensor) -> torch.Tensor:
+    missing = MIN_DECODABLE_TOKENS - speech_tokens.numel()
+    if missing <= 0:
+        return speech_tokens
+    silence = torch.full((missing,), S3GEN_SIL, dtype=speech_tokens.dtype, device=speech_tokens.device)
+    return torch.cat([speech_tokens.reshape(-1), silence])
+
+
 def default_device() -> str:
     return os.environ.get("CHATTERBOX_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -68,10 +80,17 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-class OptimizedChatterboxTTS(ChatterboxTTS):
-    """``ChatterboxTTS`` whose voice comes from arrays and whose calls share no voice state."""
+class ArrayConditioningMixin:
+    """Conditionals from arrays for any Chatterbox TTS class (standard, multilingual, turbo).
 
-    variant = MODEL_VARIANT
+    Mixed in before the library class. All three variants compute conditionals the same
+    way from a file; a variant that treats the prompt first (Turbo normalises loudness)
+    overrides :meth:`prepare_prompt`.
+    """
+
+    variant: str = MODEL_VARIANT
+    # The library refuses shorter prompts for some variants (Turbo: more than 5 s).
+    min_prompt_seconds: float = 0.0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -85,11 +104,19 @@ class OptimizedChatterboxTTS(ChatterboxTTS):
 
     # -- conditionals ------------------------------------------------------------------
 
+    def prepare_prompt(self, wav_24k: np.ndarray) -> np.ndarray:
+        """The variant's own treatment of the 24 kHz prompt before conditioning."""
+        return wav_24k
+
     def prepare_conditionals_from_array(
         self, samples: np.ndarray, sample_rate: int, exaggeration: float = 0.5
     ) -> Conditionals:
         """The library's ``prepare_conditionals`` on an array; returns, never stores."""
         s3gen_ref_wav = prompt_at_model_rate(samples, sample_rate)
+        if len(s3gen_ref_wav) / S3GEN_SR <= self.min_prompt_seconds:
+            raise ValueError(f"the {self.variant} model needs a voice prompt longer than "
+                             f"{self.min_prompt_seconds:g} s")
+        s3gen_ref_wav = self.prepare_prompt(s3gen_ref_wav)
         ref_16k_wav = librosa.resample(s3gen_ref_wav, orig_sr=S3GEN_SR, target_sr=S3_SR)
 
         with torch.inference_mode():
@@ -133,6 +160,21 @@ class OptimizedChatterboxTTS(ChatterboxTTS):
         ).to(device=self.device)
         return Conditionals(t3_call, dict(conds.gen))
 
+    def _watermark(self, wav: np.ndarray) -> np.ndarray:
+        if wav.size == 0:
+            return wav
+        marked = self.watermarker.apply_watermark(wav, sample_rate=self.sr)
+        return np.asarray(marked, dtype=np.float32)
+
+    def release_memory(self) -> None:
+        """Give cached allocator blocks back after an out-of-memory error."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
+    """``ChatterboxTTS`` whose voice comes from arrays and whose calls share no voice state."""
+
     # -- generation --------------------------------------------------------------------
 
     def _text_tokens(self, text: str) -> torch.Tensor:
@@ -148,14 +190,8 @@ class OptimizedChatterboxTTS(ChatterboxTTS):
         speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB_SIZE].to(self.device)
         if speech_tokens.numel() == 0:
             return np.zeros(0, dtype=np.float32)
-        wav, _ = self.s3gen.inference(speech_tokens=speech_tokens, ref_dict=dict(gen))
+        wav, _ = self.s3gen.inference(speech_tokens=pad_to_decodable(speech_tokens), ref_dict=dict(gen))
         return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
-
-    def _watermark(self, wav: np.ndarray) -> np.ndarray:
-        if wav.size == 0:
-            return wav
-        marked = self.watermarker.apply_watermark(wav, sample_rate=self.sr)
-        return np.asarray(marked, dtype=np.float32)
 
     def synthesize(
         self,
@@ -304,7 +340,7 @@ class OptimizedChatterboxTTS(ChatterboxTTS):
         window = window[keep]
         if window.numel() == 0:
             return np.zeros(0, dtype=np.float32)
-        wav, _ = self.s3gen.inference(speech_tokens=window.to(self.device), ref_dict=dict(gen))
+        wav, _ = self.s3gen.inference(speech_tokens=pad_to_decodable(window.to(self.device)), ref_dict=dict(gen))
         wav = wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
         if n_context:
             wav = wav[int(round(len(wav) * n_context / window.numel())):].copy()
@@ -383,12 +419,6 @@ class OptimizedChatterboxTTS(ChatterboxTTS):
             wav, _ = self.s3gen.inference(speech_tokens=speech_tokens, ref_dict=dict(target.gen))
             wav = wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
             return self._watermark(wav) if watermark else wav
-
-    def release_memory(self) -> None:
-        """Give cached allocator blocks back after an out-of-memory error."""
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
 
 class ConditionalsCodec:
     """Sizes and stores :class:`Conditionals` without pickle (safetensors).

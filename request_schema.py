@@ -35,6 +35,15 @@ VoiceName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS)]
 
 
+# chatterbox.mtl_tts.SUPPORTED_LANGUAGES, copied so that validation needs no torch; an
+# integration test checks that the two agree.
+SUPPORTED_LANGUAGE_IDS = (
+    "ar", "da", "de", "el", "en", "es", "fi", "fr", "he", "hi", "it", "ja",
+    "ko", "ms", "nl", "no", "pl", "pt", "ru", "sv", "sw", "tr", "zh",
+)
+DEFAULT_LANGUAGE_ID = "en"
+
+
 def reject_unknown_fields() -> bool:
     return os.environ.get("REJECT_UNKNOWN_FIELDS", "true").lower() not in ("0", "false", "no")
 
@@ -78,6 +87,23 @@ class _Generation(_Request):
     model: ModelVariant = "standard"
     language_id: Annotated[str, Field(min_length=2, max_length=8)] | None = None
     cache: bool = True
+
+    @model_validator(mode="after")
+    def _check_language(self) -> "_Generation":
+        if self.language_id is None:
+            return self
+        if self.model != "multilingual":
+            raise ValueError("language_id is only for model 'multilingual'")
+        if self.language_id.lower() not in SUPPORTED_LANGUAGE_IDS:
+            raise ValueError(f"language_id {self.language_id!r} is not supported; "
+                             f"supported: {', '.join(SUPPORTED_LANGUAGE_IDS)}")
+        return self
+
+    @property
+    def effective_language_id(self) -> str | None:
+        if self.model != "multilingual":
+            return None
+        return (self.language_id or DEFAULT_LANGUAGE_ID).lower()
 
 
 class TTSRequest(_Generation):

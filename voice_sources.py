@@ -27,6 +27,13 @@ class VoicePrompt:
     def duration(self) -> float:
         return len(self.samples) / self.sample_rate
 
+    @property
+    def field(self) -> str:
+        """The job field to name when this voice is at fault."""
+        if self.source != "library":
+            return self.source
+        return "voice_id" if self.voice_name is None else "voice_name"
+
 
 def library_voice(library: OptimizedVoiceLibrary, *, voice_id: str | None = None,
                   voice_name: str | None = None) -> VoicePrompt:

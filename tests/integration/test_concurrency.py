@@ -12,7 +12,8 @@ pytestmark = pytest.mark.integration
 
 N_JOBS = 50
 N_THREADS = 8
-# One speech token per job: the point is which conditionals reach T3 and S3Gen, not audio.
+# One speech token per job (the shortest output, which S3Gen must still decode): the point
+# is which conditionals reach T3 and S3Gen, not the audio.
 TOKENS_PER_JOB = 1
 
 

@@ -243,6 +243,8 @@ def test_conditionals_cache_hits_and_bypass(run_job, stub_model):
     ({"text": "x", "mode": "turbo"}, "mode"),
     ({"text": "x", "surprise": 1}, "surprise"),
     ({"text": "x", "model": "turbo"}, "model"),
+    ({"text": "x", "language_id": "fr"}, "language_id"),
+    ({"text": "x", "model": "multilingual", "language_id": "xx"}, "language_id"),
     ({"operation": "voice_conversion"}, "input_audio"),
     ({"operation": "upload_voice", "reference_audio": "AAAA"}, "voice_name"),
 ])
