@@ -14,10 +14,13 @@ COPY requirements.txt requirements-nodeps.txt ./
 RUN python -m pip install -r requirements.txt \
  && python -m pip install --no-deps -r requirements-nodeps.txt
 
-# Weights are fetched once, at build time, into the Hugging Face cache of the image.
-RUN python -c "from huggingface_hub import hf_hub_download as get; \
-[get('ResembleAI/chatterbox', f) for f in ('ve.safetensors', 't3_cfg.safetensors', \
-'s3gen.safetensors', 'tokenizer.json', 'conds.pt')]"
+# Weights are fetched once, at build time, into the Hugging Face cache of the image, for
+# the models named here (standard, multilingual, turbo; comma-separated). The same list
+# becomes the run-time default of CHATTERBOX_MODELS.
+ARG CHATTERBOX_MODELS=standard
+ENV CHATTERBOX_MODELS=${CHATTERBOX_MODELS}
+COPY scripts/download_weights.py scripts/
+RUN python scripts/download_weights.py "${CHATTERBOX_MODELS}"
 
 COPY . .
 

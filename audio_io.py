@@ -37,7 +37,8 @@ _SOUNDFILE_FORMATS = {
 }
 # Opus is defined only at these rates; other rates are resampled to 48 kHz for it.
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
-_DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
+# Parameters may have a space after ";" ("audio/ogg; codecs=opus", as browsers write it).
+_DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+(\s*;\s*[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def _base64_payload(data: object, field: str, max_base64_bytes: int) -> bytes:
     if len(text) > max_base64_bytes:
         raise JobError(field, f"is {len(text) / MB:.1f} MB of base64, over the {max_base64_bytes / MB:.0f} MB "
                               "limit (MAX_AUDIO_BASE64_MB)")
+    text += "=" * (-len(text) % 4)  # base64url usually leaves the padding out
     try:
         if "-" in text or "_" in text:
             return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
@@ -92,7 +94,9 @@ def decode_audio_base64(data: object, field: str, *, max_base64_bytes: int = MAX
     try:
         samples, sample_rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as exc:
-        raise JobError(field, f"is not a readable audio file ({ACCEPTED_FORMATS}): {exc}") from None
+        # libsndfile's message names the in-memory buffer object; keep only its reason.
+        reason = getattr(exc, "error_string", None) or str(exc).split(": ", 1)[-1]
+        raise JobError(field, f"is not a readable audio file ({ACCEPTED_FORMATS}): {reason}") from None
     # librosa.load's mono mix: the mean over channels, as the library's file path does.
     samples = np.ascontiguousarray(samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1
                                    else samples[:, 0])
@@ -145,6 +149,9 @@ def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str = "wav") -> byt
         raise ValueError(f"unknown output format {fmt!r}")
     # Integer formats wrap around outside [-1, 1]; clipping turns that into mild distortion.
     samples = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
+    if samples.size == 0 and fmt not in ("wav", "pcm_16"):
+        # libsndfile writes nothing, or an unreadable stream, for empty compressed audio.
+        raise ValueError(f"no audio samples to encode as {fmt}")
     if fmt == "pcm_16":
         return (samples * 32767.0).round().astype("<i2").tobytes()
     if fmt == "opus" and sample_rate not in OPUS_RATES:

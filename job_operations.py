@@ -268,6 +268,8 @@ class Worker:
         details, pieces = [], []
         for sentence_chunk in split_text(text) or [text]:
             for wav in model.stream(sentence_chunk, conditionals=conds, chunk_size=chunk_size, **sampling):
+                if not wav.size:
+                    continue
                 now = time.perf_counter()
                 details.append({"chunk_index": len(details), "samples": int(wav.size),
                                 "duration": round(wav.size / model.sr, 4),
@@ -351,9 +353,11 @@ class Worker:
         job = self._prepare_tts(request, timer)
         model, out_sr = job.model, request.sample_rate or job.model.sr
         started = time.perf_counter()
+        # An empty window (the model stopped right after a full one) is not worth a chunk.
         chunks = (wav for text in split_text(request.text) or [request.text]
                   for wav in model.stream(text, conditionals=job.conds, chunk_size=request.effective_chunk_size,
-                                          **job.sampling))
+                                          **job.sampling)
+                  if wav.size)
         details, total_samples = [], 0
         pending = next(chunks, None)
         while pending is not None:

@@ -673,7 +673,7 @@ class OptimizedVoiceLibrary:
         its id. ``voice_id`` fixes the id of a new voice (used for the demo library).
         """
         name = _validate_text("voice_name", name, MAX_NAME_LENGTH, allow_empty=False)
-        description = _validate_text("description", description, MAX_DESCRIPTION_LENGTH, allow_empty=True)
+        description = _validate_text("voice_description", description, MAX_DESCRIPTION_LENGTH, allow_empty=True)
         gender = _validate_text("gender", gender, MAX_GENDER_LENGTH, allow_empty=True) or "unknown"
         original_file = _validate_text("original_file", original_file, MAX_ORIGINAL_FILE_LENGTH, allow_empty=True)
         if voice_id is not None:

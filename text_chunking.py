@@ -16,7 +16,8 @@ ABBREVIATIONS = {
 # A sentence ends at . ! ? … (or CJK 。！？), with any closing quotes or brackets after it.
 _SENTENCE_END = re.compile(r"[.!?…。！？]+[\"'”’)\]」』]*")
 _CJK_END = set("。！？")
-_CLAUSE_BREAK = re.compile(r"(?<=[,;:，、；：])")
+# ASCII marks break a clause only before whitespace, so "1,000" and "10:30" stay whole.
+_CLAUSE_BREAK = re.compile(r"(?<=[,;:])(?=\s)|(?<=[，、；：])")
 
 
 def _ends_sentence(text: str, match: re.Match) -> bool:

@@ -66,3 +66,16 @@ def run_job(worker, monkeypatch):
         return result
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def no_real_worker_load(monkeypatch):
+    """Tests inject their worker; loading the real one (hub, torch) would be a test bug."""
+    import handler
+
+    def refuse():
+        raise AssertionError("a test reached handler.load_worker; inject a worker instead")
+
+    monkeypatch.setattr(handler, "load_worker", refuse)
+    monkeypatch.setattr(handler, "_worker", None)
+    monkeypatch.setattr(handler, "_worker_error", None)

@@ -17,12 +17,6 @@ def conditionals_tensors(conds) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in fields.items() if torch.is_tensor(v)}
 
 
-def max_abs_differences(a, b) -> dict[str, float]:
-    ta, tb = conditionals_tensors(a), conditionals_tensors(b)
-    assert ta.keys() == tb.keys()
-    return {k: float((ta[k].double() - tb[k].double()).abs().max()) for k in ta}
-
-
 def bitwise_equal(a, b) -> bool:
     ta, tb = conditionals_tensors(a), conditionals_tensors(b)
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)

@@ -38,6 +38,15 @@ def run(real_worker, monkeypatch):
     return run_job
 
 
+@pytest.fixture(autouse=True)
+def private_tempdir(tmp_path, monkeypatch):
+    """Jobs' temp files go to a directory of this test's own: the system one is shared."""
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    monkeypatch.setenv("TMPDIR", str(private))
+
+
 def temp_files() -> set[str]:
     return set(os.listdir(tempfile.gettempdir()))
 

@@ -115,3 +115,36 @@ def test_changed_voice_under_same_name_is_not_stale(run_job, library):
     b = run_job({"text": "One.", "voice_name": "Vic", "seed": 1})
     assert a["parameters"]["voice_id"] == b["parameters"]["voice_id"] == first["voice_info"]["voice_id"]
     assert b["metrics"]["cache_hit"] is False and a["audio"] != b["audio"]
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like torch.cuda.OutOfMemoryError, which the worker matches by name."""
+
+
+def test_out_of_memory_evicts_and_retries_once(worker, stub_model, run_job, monkeypatch):
+    run_job({"text": "Warm.", "voice_name": "Amy"})
+    assert worker.cache.stats()["entries"] == 1
+    real = stub_model.synthesize
+    failures = iter([True])
+
+    def flaky(text, **kwargs):
+        if next(failures, False):
+            raise OutOfMemoryError("CUDA out of memory")
+        return real(text, **kwargs)
+
+    monkeypatch.setattr(stub_model, "synthesize", flaky)
+    result = run_job({"text": "Retried.", "voice_name": "Amy"})
+    assert "audio" in result and worker.cache.stats()["entries"] == 0  # evicted, then served
+
+
+def test_out_of_memory_twice_is_a_clear_error(stub_model, run_job, monkeypatch):
+    real = stub_model.synthesize
+
+    def always(text, **kwargs):
+        raise OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(stub_model, "synthesize", always)
+    result = run_job({"text": "No memory."})
+    assert result["error"].startswith("model:") and "out of GPU memory" in result["error"]
+    monkeypatch.setattr(stub_model, "synthesize", real)
+    assert "audio" in run_job({"text": "Serving again."})

@@ -1,0 +1,562 @@
+"""The multilingual and Turbo Chatterbox models, conditioned from arrays like the standard one.
+
+Both classes follow :class:`optimized_chatterbox.OptimizedChatterboxTTS`: a voice's
+conditionals come from an array (the library's own steps, returned rather than stored),
+every call takes its conditionals as an argument and never reads or writes ``self.conds``,
+a seeded call holds ``inference_lock`` from seeding to the last random draw, and the number
+of speech tokens is bounded. Otherwise each ``synthesize`` takes exactly the steps of its
+library class's ``generate``.
+
+Voice conversion is not offered here: it always runs on the standard model's S3Gen.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from chatterbox.models.s3gen import S3GEN_SR
+from chatterbox.models.s3gen.const import S3GEN_SIL
+from chatterbox.models.s3tokenizer import drop_invalid_tokens
+from chatterbox.models.t3.inference.alignment_stream_analyzer import AlignmentStreamAnalyzer
+from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
+from chatterbox.models.t3.modules.cond_enc import T3Cond
+from chatterbox.mtl_tts import SUPPORTED_LANGUAGES, ChatterboxMultilingualTTS
+from chatterbox.mtl_tts import punc_norm as multilingual_punc_norm
+from chatterbox.tts import Conditionals
+from chatterbox.tts_turbo import ChatterboxTurboTTS
+from chatterbox.tts_turbo import punc_norm as turbo_punc_norm
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from optimized_chatterbox import (
+    DEFAULT_MAX_NEW_TOKENS,
+    SPEECH_VOCAB_SIZE,
+    STREAM_CONTEXT_TOKENS,
+    STREAM_FADE_SECONDS,
+    ArrayConditioningMixin,
+    default_device,
+    seed_everything,
+)
+
+logger = logging.getLogger(__name__)
+
+MULTILINGUAL_VARIANT = "multilingual"
+TURBO_VARIANT = "turbo"
+# Where each variant's checkpoint directory may be given; otherwise the hub is used.
+CKPT_DIR_ENV = {
+    MULTILINGUAL_VARIANT: "CHATTERBOX_MULTILINGUAL_CKPT_DIR",
+    TURBO_VARIANT: "CHATTERBOX_TURBO_CKPT_DIR",
+}
+
+# The language codes the multilingual model accepts, for request validation.
+SUPPORTED_LANGUAGE_IDS: tuple[str, ...] = tuple(SUPPORTED_LANGUAGES)
+
+# ChatterboxMultilingualTTS.generate's defaults where they differ from the standard model's.
+MULTILINGUAL_REPETITION_PENALTY = 2.0
+# T3.inference reads cross-attention from this layer for the multilingual alignment checks.
+ALIGNMENT_LAYER_IDX = 9
+
+# ChatterboxTurboTTS.generate's defaults and fixed steps.
+TURBO_MIN_PROMPT_SECONDS = 5.0
+TURBO_REPETITION_PENALTY = 1.2
+TURBO_MIN_P = 0.0
+TURBO_TOP_P = 0.95
+TURBO_TOP_K = 1000
+TURBO_TEMPERATURE = 0.8
+TURBO_CFM_TIMESTEPS = 2
+# Turbo appends this much silence so that the vocoder ends the utterance cleanly.
+TURBO_SILENCE_TOKENS = 3
+
+
+def _mark(model: ArrayConditioningMixin, wav: np.ndarray, watermark: bool) -> np.ndarray:
+    return model._watermark(wav) if watermark else wav
+
+
+def _decode_window(
+    model: ArrayConditioningMixin,
+    tokens: list[torch.Tensor],
+    start: int,
+    gen: dict,
+    *,
+    tail: torch.Tensor | None = None,
+    n_cfm_timesteps: int | None = None,
+) -> np.ndarray:
+    """Audio for ``tokens[start:]`` (plus ``tail``), decoded after up to STREAM_CONTEXT_TOKENS
+    earlier tokens so that the vocoder sees context across the seam; the context's own
+    audio is cut off again and the seam faded in. As ``OptimizedChatterboxTTS`` streams."""
+    context_start = max(0, start - STREAM_CONTEXT_TOKENS)
+    if tokens[context_start:]:
+        window = torch.cat(tokens[context_start:], dim=1)[0]
+    else:
+        window = torch.zeros(0, dtype=torch.long, device=model.device)
+    keep = window < SPEECH_VOCAB_SIZE
+    n_context = int(keep[: start - context_start].sum())
+    window = window[keep]
+    if tail is not None:
+        window = torch.cat([window, tail.to(window.device)])
+    if window.numel() == 0:
+        return np.zeros(0, dtype=np.float32)
+    wav, _ = model.s3gen.inference(
+        speech_tokens=window.to(model.device), ref_dict=dict(gen), n_cfm_timesteps=n_cfm_timesteps
+    )
+    wav = wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+    if n_context:
+        wav = wav[int(round(len(wav) * n_context / window.numel())):].copy()
+        fade = min(len(wav), int(STREAM_FADE_SECONDS * model.sr))
+        wav[:fade] *= np.linspace(0.0, 1.0, fade, dtype=np.float32)
+    return wav
+
+
+def _stream_windows(
+    model: ArrayConditioningMixin,
+    sampler: Iterable[torch.Tensor],
+    gen: dict,
+    *,
+    chunk_size: int,
+    watermark: bool,
+    tail: torch.Tensor | None = None,
+    n_cfm_timesteps: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Decode every ``chunk_size`` sampled tokens; the last window also carries ``tail``."""
+    tokens: list[torch.Tensor] = []
+    emitted = 0
+    for token in sampler:
+        tokens.append(token)
+        if len(tokens) - emitted >= chunk_size:
+            wav = _decode_window(model, tokens, emitted, gen, n_cfm_timesteps=n_cfm_timesteps)
+            emitted = len(tokens)
+            yield _mark(model, wav, watermark)
+    # A tail (Turbo's silence) always ends the utterance, even right after a full window.
+    if tail is not None or len(tokens) > emitted or not tokens:
+        wav = _decode_window(model, tokens, emitted, gen, tail=tail, n_cfm_timesteps=n_cfm_timesteps)
+        yield _mark(model, wav, watermark)
+
+
+@contextlib.contextmanager
+def _forward_hooks_released(module: torch.nn.Module) -> Iterator[None]:
+    """Undo what an ``AlignmentStreamAnalyzer`` leaves on the transformer once the block ends.
+
+    The library builds a new analyzer on every multilingual ``T3.inference`` call. Each one
+    registers forward hooks on attention layers and never removes them, so a long-running
+    worker would pile up hooks (and the analyzers they keep alive) with every job, and run
+    all of them on every forward pass. It also switches the attention implementation to
+    eager with ``output_attentions``; the next analyzer does that again before its first
+    forward pass, so restoring the setting changes no result.
+    """
+    before = {sub: set(sub._forward_hooks) for sub in module.modules()}
+    config = getattr(module, "config", None)
+    saved_config = None
+    if config is not None:
+        saved_config = (config._attn_implementation, config.output_attentions)
+    try:
+        yield
+    finally:
+        for sub, keys in before.items():
+            for key in set(sub._forward_hooks) - keys:
+                # What RemovableHandle.remove() deletes.
+                del sub._forward_hooks[key]
+                getattr(sub, "_forward_hooks_with_kwargs", {}).pop(key, None)
+                getattr(sub, "_forward_hooks_always_called", {}).pop(key, None)
+        if saved_config is not None:
+            # Implementation first: output_attentions=True is refused on a non-eager one.
+            config._attn_implementation, config.output_attentions = saved_config
+
+
+class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS):
+    """``ChatterboxMultilingualTTS`` whose voice comes from arrays and whose calls share no state.
+
+    Its ``prepare_conditionals`` takes the same steps as the standard model's (6 s for the
+    T3 prompt tokens, 10 s for S3Gen), so the mixin's array path serves it unchanged.
+    """
+
+    variant = MULTILINGUAL_VARIANT
+
+    @staticmethod
+    def normalize_language(language_id: str | None) -> str | None:
+        """The library's check and lowercasing of ``language_id``; None means no language tag."""
+        if not language_id:
+            return None
+        language = language_id.lower()
+        if language not in SUPPORTED_LANGUAGES:
+            raise ValueError(f"Unsupported language_id {language_id!r}. "
+                             f"Supported languages: {', '.join(SUPPORTED_LANGUAGES)}")
+        return language
+
+    def _text_tokens(self, text: str, language: str | None) -> torch.Tensor:
+        tokens = self.tokenizer.text_to_tokens(multilingual_punc_norm(text), language_id=language)
+        tokens = tokens.to(self.device)
+        tokens = torch.cat([tokens, tokens], dim=0)  # conditional and unconditional batch for CFG
+        tokens = F.pad(tokens, (1, 0), value=self.t3.hp.start_text_token)
+        return F.pad(tokens, (0, 1), value=self.t3.hp.stop_text_token)
+
+    def _tokens_to_wav(self, speech_tokens: torch.Tensor, gen: dict) -> np.ndarray:
+        speech_tokens = drop_invalid_tokens(speech_tokens)
+        # The library's multilingual path skips this cut, which the standard and Turbo paths
+        # make; without it a sampled control token would index past S3Gen's vocabulary.
+        speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB_SIZE].to(self.device)
+        if speech_tokens.numel() == 0:
+            return np.zeros(0, dtype=np.float32)
+        wav, _ = self.s3gen.inference(speech_tokens=speech_tokens, ref_dict=dict(gen))
+        return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+
+    def synthesize(
+        self,
+        text: str,
+        *,
+        conditionals: Conditionals | None = None,
+        exaggeration: float = 0.5,
+        cfg_weight: float = 0.5,
+        temperature: float = 0.8,
+        repetition_penalty: float = MULTILINGUAL_REPETITION_PENALTY,
+        min_p: float = 0.05,
+        top_p: float = 1.0,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        watermark: bool = True,
+        language_id: str | None = None,
+    ) -> np.ndarray:
+        """Text in ``language_id`` to a float32 waveform at ``self.sr``."""
+        language = self.normalize_language(language_id)
+        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
+        text_tokens = self._text_tokens(text, language)
+        with self.inference_lock, torch.inference_mode(), _forward_hooks_released(self.t3.tfmr):
+            if seed is not None:
+                seed_everything(seed)
+            speech_tokens = self.t3.inference(
+                t3_cond=call.t3,
+                text_tokens=text_tokens,
+                max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                temperature=temperature,
+                cfg_weight=cfg_weight,
+                repetition_penalty=repetition_penalty,
+                min_p=min_p,
+                top_p=top_p,
+            )
+            wav = self._tokens_to_wav(speech_tokens[0], call.gen)
+            return _mark(self, wav, watermark)
+
+    def _sample_speech_tokens(
+        self,
+        t3_cond: T3Cond,
+        text_tokens: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        cfg_weight: float,
+        repetition_penalty: float,
+        min_p: float,
+        top_p: float,
+    ) -> Iterator[torch.Tensor]:
+        """``T3.inference``'s multilingual loop, yielding each speech token as it is drawn.
+
+        Step for step the library's loop, alignment checks included (same analyzer, same
+        processors, same RNG draws), so one seed yields exactly the tokens ``T3.inference``
+        returns up to its stop token. The caller removes the analyzer's hooks.
+        """
+        t3, hp = self.t3, self.t3.hp
+        text_tokens = torch.atleast_2d(text_tokens).to(dtype=torch.long, device=t3.device)
+        embeds, len_cond = t3.prepare_input_embeds(
+            t3_cond=t3_cond,
+            text_tokens=text_tokens,
+            speech_tokens=hp.start_speech_token * torch.ones_like(text_tokens[:, :1]),
+            cfg_weight=cfg_weight,
+        )
+        analyzer = AlignmentStreamAnalyzer(
+            t3.tfmr,
+            None,
+            text_tokens_slice=(len_cond, len_cond + text_tokens.size(-1)),
+            alignment_layer_idx=ALIGNMENT_LAYER_IDX,
+            eos_idx=hp.stop_speech_token,
+        )
+        backend = T3HuggingfaceBackend(
+            config=t3.cfg, llama=t3.tfmr, speech_enc=t3.speech_emb, speech_head=t3.speech_head,
+            alignment_stream_analyzer=analyzer,
+        )
+        bos = torch.tensor([[hp.start_speech_token]], dtype=torch.long, device=embeds.device)
+        bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
+        inputs_embeds = torch.cat([embeds, torch.cat([bos_embed, bos_embed])], dim=1)
+
+        generated = bos.clone()
+        min_p_warper = MinPLogitsWarper(min_p=min_p)
+        top_p_warper = TopPLogitsWarper(top_p=top_p)
+        repetition = RepetitionPenaltyLogitsProcessor(penalty=float(repetition_penalty))
+        forward_kwargs = dict(output_attentions=True, output_hidden_states=True, return_dict=True)
+        output = backend(inputs_embeds=inputs_embeds, past_key_values=None, use_cache=True, **forward_kwargs)
+        past = output.past_key_values
+        for i in range(max_new_tokens):
+            logits_step = output.logits[:, -1, :]
+            cond, uncond = logits_step[0:1, :], logits_step[1:2, :]
+            cfg = torch.as_tensor(cfg_weight, device=cond.device, dtype=cond.dtype)
+            logits = cond + cfg * (cond - uncond)
+            logits = analyzer.step(logits, next_token=generated[0, -1].item())
+            ids = generated[:1, ...]
+            logits = repetition(ids, logits)
+            if temperature != 1.0:
+                logits = logits / temperature
+            logits = top_p_warper(ids, min_p_warper(ids, logits))
+            next_token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
+            generated = torch.cat([generated, next_token], dim=1)
+            if next_token.view(-1) == hp.stop_speech_token:
+                return
+            yield next_token
+            next_embed = t3.speech_emb(next_token) + t3.speech_pos_emb.get_fixed_embedding(i + 1)
+            output = backend(
+                inputs_embeds=torch.cat([next_embed, next_embed]), past_key_values=past, **forward_kwargs
+            )
+            past = output.past_key_values
+
+    def stream(
+        self,
+        text: str,
+        *,
+        conditionals: Conditionals | None = None,
+        chunk_size: int = 50,
+        exaggeration: float = 0.5,
+        cfg_weight: float = 0.5,
+        temperature: float = 0.8,
+        repetition_penalty: float = MULTILINGUAL_REPETITION_PENALTY,
+        min_p: float = 0.05,
+        top_p: float = 1.0,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        watermark: bool = True,
+        language_id: str | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Yield audio every ``chunk_size`` speech tokens while T3 is still sampling.
+
+        Token-level, as the standard model streams: the sampler is the library's own loop
+        with its alignment checks, and each window is decoded with earlier tokens as context.
+        """
+        language = self.normalize_language(language_id)
+        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
+        text_tokens = self._text_tokens(text, language)
+        with self.inference_lock, torch.inference_mode(), _forward_hooks_released(self.t3.tfmr):
+            if seed is not None:
+                seed_everything(seed)
+            sampler = self._sample_speech_tokens(
+                call.t3,
+                text_tokens,
+                max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                temperature=temperature,
+                cfg_weight=cfg_weight,
+                repetition_penalty=repetition_penalty,
+                min_p=min_p,
+                top_p=top_p,
+            )
+            with contextlib.closing(sampler):
+                yield from _stream_windows(self, sampler, call.gen, chunk_size=chunk_size, watermark=watermark)
+
+
+class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
+    """``ChatterboxTurboTTS`` whose voice comes from arrays and whose calls share no state.
+
+    Its ``prepare_conditionals`` differs from the standard model's only in the prompt
+    treatment (longer than 5 s, loudness normalised before resampling) and in its class
+    constants (15 s for the T3 prompt tokens, 375 of them), which the mixin reads from the
+    class. Turbo has no classifier-free guidance, min_p or exaggeration: those arguments are
+    accepted for a uniform interface and ignored, as the library ignores them.
+    """
+
+    variant = TURBO_VARIANT
+    min_prompt_seconds = TURBO_MIN_PROMPT_SECONDS
+
+    def prepare_prompt(self, wav_24k: np.ndarray) -> np.ndarray:
+        # The library's own normalisation (-27 LUFS), so the conditionals stay identical.
+        return self.norm_loudness(wav_24k, S3GEN_SR)
+
+    def _text_tokens(self, text: str) -> torch.Tensor:
+        encoded = self.tokenizer(turbo_punc_norm(text), return_tensors="pt", padding=True, truncation=True)
+        return encoded.input_ids.to(self.device)
+
+    def _silence(self) -> torch.Tensor:
+        return torch.full((TURBO_SILENCE_TOKENS,), S3GEN_SIL, dtype=torch.long, device=self.device)
+
+    @staticmethod
+    def _max_gen_len(max_new_tokens: int | None) -> int:
+        # inference_turbo draws one token before its loop of max_gen_len steps.
+        return max((max_new_tokens or DEFAULT_MAX_NEW_TOKENS) - 1, 0)
+
+    @staticmethod
+    def _check_unsupported(language_id: str | None, cfg_weight: float, exaggeration: float, min_p: float) -> None:
+        if language_id and language_id.lower() != "en":
+            raise ValueError(f"the turbo model speaks English only (language_id {language_id!r}); "
+                             f"use the multilingual model")
+        if cfg_weight > 0.0 or exaggeration > 0.0 or min_p > 0.0:
+            # Requests carry the standard model's defaults, so this is routine, not a warning.
+            logger.debug("turbo ignores cfg_weight, exaggeration and min_p")
+
+    def _tokens_to_wav(self, speech_tokens: torch.Tensor, gen: dict) -> np.ndarray:
+        speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB_SIZE].to(self.device)
+        speech_tokens = torch.cat([speech_tokens, self._silence()])
+        wav, _ = self.s3gen.inference(
+            speech_tokens=speech_tokens, ref_dict=dict(gen), n_cfm_timesteps=TURBO_CFM_TIMESTEPS
+        )
+        return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+
+    def synthesize(
+        self,
+        text: str,
+        *,
+        conditionals: Conditionals | None = None,
+        exaggeration: float = 0.0,
+        cfg_weight: float = 0.0,
+        temperature: float = TURBO_TEMPERATURE,
+        repetition_penalty: float = TURBO_REPETITION_PENALTY,
+        min_p: float = TURBO_MIN_P,
+        top_p: float = TURBO_TOP_P,
+        top_k: int = TURBO_TOP_K,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        watermark: bool = True,
+        language_id: str | None = None,
+    ) -> np.ndarray:
+        """Text to a float32 waveform at ``self.sr``; cfg_weight, exaggeration, min_p ignored."""
+        self._check_unsupported(language_id, cfg_weight, exaggeration, min_p)
+        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
+        text_tokens = self._text_tokens(text)
+        with self.inference_lock, torch.inference_mode():
+            if seed is not None:
+                seed_everything(seed)
+            speech_tokens = self.t3.inference_turbo(
+                t3_cond=call.t3,
+                text_tokens=text_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                repetition_penalty=repetition_penalty,
+                max_gen_len=self._max_gen_len(max_new_tokens),
+            )
+            wav = self._tokens_to_wav(speech_tokens, call.gen)
+            return _mark(self, wav, watermark)
+
+    def _sample_speech_tokens(
+        self,
+        t3_cond: T3Cond,
+        text_tokens: torch.Tensor,
+        *,
+        max_gen_len: int,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        repetition_penalty: float,
+    ) -> Iterator[torch.Tensor]:
+        """``T3.inference_turbo``, yielding each speech token as it is drawn.
+
+        Step for step the library's loop (same processors, same RNG draws), so one seed
+        yields exactly the tokens ``inference_turbo`` returns, trailing stop token excluded.
+        """
+        t3 = self.t3
+        processors = LogitsProcessorList()
+        if temperature > 0 and temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_k > 0:
+            processors.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p))
+        if repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
+
+        start = t3.hp.start_speech_token * torch.ones_like(text_tokens[:, :1])
+        embeds, _ = t3.prepare_input_embeds(
+            t3_cond=t3_cond, text_tokens=text_tokens, speech_tokens=start, cfg_weight=0.0
+        )
+        outputs = t3.tfmr(inputs_embeds=embeds, use_cache=True)
+        past = outputs.past_key_values
+        logits = t3.speech_head(outputs[0][:, -1:])
+        probs = F.softmax(processors(start, logits[:, -1, :]), dim=-1)
+        token = torch.multinomial(probs, num_samples=1)
+        generated = [token]
+        # The library checks for the stop token only inside its loop; a stop token drawn
+        # first is kept and later dropped with the other control tokens.
+        yield token
+        for _ in range(max_gen_len):
+            outputs = t3.tfmr(inputs_embeds=t3.speech_emb(token), past_key_values=past, use_cache=True)
+            past = outputs.past_key_values
+            logits = t3.speech_head(outputs[0])
+            processed = processors(torch.cat(generated, dim=1), logits[:, -1, :])
+            if torch.all(processed == -float("inf")):
+                return
+            token = torch.multinomial(F.softmax(processed, dim=-1), num_samples=1)
+            generated.append(token)
+            if torch.all(token == t3.hp.stop_speech_token):
+                return
+            yield token
+
+    def stream(
+        self,
+        text: str,
+        *,
+        conditionals: Conditionals | None = None,
+        chunk_size: int = 50,
+        exaggeration: float = 0.0,
+        cfg_weight: float = 0.0,
+        temperature: float = TURBO_TEMPERATURE,
+        repetition_penalty: float = TURBO_REPETITION_PENALTY,
+        min_p: float = TURBO_MIN_P,
+        top_p: float = TURBO_TOP_P,
+        top_k: int = TURBO_TOP_K,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        watermark: bool = True,
+        language_id: str | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Yield audio every ``chunk_size`` speech tokens while T3 is still sampling.
+
+        Token-level, as the standard model streams: the sampler is ``inference_turbo``'s own
+        loop, each window is decoded with 2 flow steps and earlier tokens as context, and
+        the last window carries Turbo's trailing silence.
+        """
+        self._check_unsupported(language_id, cfg_weight, exaggeration, min_p)
+        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
+        text_tokens = self._text_tokens(text)
+        with self.inference_lock, torch.inference_mode():
+            if seed is not None:
+                seed_everything(seed)
+            sampler = self._sample_speech_tokens(
+                call.t3,
+                text_tokens,
+                max_gen_len=self._max_gen_len(max_new_tokens),
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                repetition_penalty=repetition_penalty,
+            )
+            with contextlib.closing(sampler):
+                yield from _stream_windows(
+                    self, sampler, call.gen, chunk_size=chunk_size, watermark=watermark,
+                    tail=self._silence(), n_cfm_timesteps=TURBO_CFM_TIMESTEPS,
+                )
+
+
+VARIANT_CLASSES: dict[str, type[ArrayConditioningMixin]] = {
+    MULTILINGUAL_VARIANT: OptimizedMultilingualTTS,
+    TURBO_VARIANT: OptimizedTurboTTS,
+}
+
+
+def create_variant_tts(
+    variant: str, device: str | None = None, ckpt_dir: str | Path | None = None
+) -> OptimizedMultilingualTTS | OptimizedTurboTTS:
+    """Load ``variant``: from ``ckpt_dir`` or the variant's ``CKPT_DIR_ENV`` when set, else the hub."""
+    cls = VARIANT_CLASSES.get(variant)
+    if cls is None:
+        raise ValueError(f"unknown model variant {variant!r}; choose from {', '.join(VARIANT_CLASSES)}")
+    device = device or default_device()
+    ckpt_dir = ckpt_dir or os.environ.get(CKPT_DIR_ENV[variant])
+    if ckpt_dir:
+        logger.info("loading Chatterbox %s from %s on %s", variant, ckpt_dir, device)
+        return cls.from_local(ckpt_dir, device)
+    logger.info("loading Chatterbox %s from the model hub on %s", variant, device)
+    return cls.from_pretrained(device)

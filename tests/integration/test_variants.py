@@ -1,0 +1,202 @@
+"""The multilingual and Turbo models through the same array path, cache and handler.
+
+Each variant is loaded once per module from its own random-weights checkpoint (built by
+``scripts/make_random_checkpoint.py --variant ...`` and cached) and dropped afterwards.
+"""
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+from chatterbox.mtl_tts import ChatterboxMultilingualTTS
+from chatterbox.tts_turbo import ChatterboxTurboTTS
+from real_model import TINY_TOKENS, bitwise_equal
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+VARIANTS = ("multilingual", "turbo")
+LIBRARY_CLASSES = {"multilingual": ChatterboxMultilingualTTS, "turbo": ChatterboxTurboTTS}
+# Turbo refuses prompts of 5 s or less; 6 s of speech serves both variants.
+PROMPT_SECONDS = 6.0
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def variant_model(request):
+    from conftest import load_checkpoint_script
+    from optimized_variants import CKPT_DIR_ENV, create_variant_tts
+
+    variant = request.param
+    ckpt = os.environ.get(CKPT_DIR_ENV[variant]) or load_checkpoint_script().ensure_checkpoint(variant)
+    model = create_variant_tts(variant, "cpu", ckpt)
+    yield model
+    del model
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def speech() -> tuple[np.ndarray, int]:
+    from conftest import REPO
+    from optimized_voice_library import OptimizedVoiceLibrary
+
+    voice = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Bella")
+    return voice.samples[: int(PROMPT_SECONDS * voice.sample_rate)].copy(), voice.sample_rate
+
+
+@pytest.fixture
+def variant_worker(model, variant_model, speech, tmp_path):
+    """A worker with the standard model and one variant, over a one-voice library."""
+    from conditionals_cache import ConditionalsCache
+    from job_operations import Worker
+    from optimized_chatterbox import ConditionalsCodec
+    from optimized_voice_library import OptimizedVoiceLibrary
+
+    library = OptimizedVoiceLibrary(tmp_path / "library")
+    samples, sr = speech
+    library.save_voice("Bella", samples, sr, gender="female")
+    cache = ConditionalsCache(ConditionalsCodec("cpu"), disk_dir=tmp_path / "conditionals")
+    return Worker({"standard": model, variant_model.variant: variant_model}, library, cache)
+
+
+@pytest.mark.parametrize("sample_rate", [24000, 16000])
+def test_array_conditionals_equal_the_variants_file_path(variant_model, speech, tmp_path, sample_rate):
+    import librosa
+
+    samples, sr = speech
+    if sample_rate != sr:
+        samples = librosa.resample(samples, orig_sr=sr, target_sr=sample_rate)
+    path = tmp_path / "prompt.wav"
+    sf.write(path, samples, sample_rate, subtype="FLOAT")
+    # The variant's own library method (Turbo's normalises loudness); it stores on the model.
+    LIBRARY_CLASSES[variant_model.variant].prepare_conditionals(variant_model, str(path), exaggeration=0.5)
+    from_file = variant_model.conds
+    from_array = variant_model.prepare_conditionals_from_array(samples, sample_rate)
+    assert bitwise_equal(from_array, from_file)
+
+
+def test_turbo_normalises_loudness_like_the_library(variant_model, speech):
+    if variant_model.variant != "turbo":
+        pytest.skip("loudness normalisation is Turbo's step")
+    samples, sr = speech
+    quiet = variant_model.prepare_conditionals_from_array(samples * 0.1, sr)
+    loud = variant_model.prepare_conditionals_from_array(samples, sr)
+    # Normalised to the same loudness first, so the speaker embedding barely moves.
+    diff = float((quiet.t3.speaker_emb - loud.t3.speaker_emb).abs().max())
+    assert diff < 1e-3, diff
+
+
+def test_seeded_synthesis_is_reproducible_and_leaves_no_hooks(variant_model, speech):
+    samples, sr = speech
+    conds = variant_model.prepare_conditionals_from_array(samples, sr)
+    hooks_before = sum(len(m._forward_hooks) for m in variant_model.t3.tfmr.modules())
+    kwargs = dict(conditionals=conds, seed=5, max_new_tokens=TINY_TOKENS)
+    if variant_model.variant == "multilingual":
+        kwargs["language_id"] = "fr"
+    first = variant_model.synthesize("Bonjour tout le monde.", **kwargs)
+    again = variant_model.synthesize("Bonjour tout le monde.", **kwargs)
+    assert first.dtype == np.float32 and first.size > 0
+    assert np.array_equal(first, again)
+    assert sum(len(m._forward_hooks) for m in variant_model.t3.tfmr.modules()) == hooks_before
+
+
+def test_tts_job_through_the_handler(variant_worker, variant_model, monkeypatch):
+    import handler
+
+    monkeypatch.setattr(handler, "get_worker", lambda: variant_worker)
+    job = {"text": "Hola, ¿qué tal?", "voice_name": "Bella", "model": variant_model.variant,
+           "max_new_tokens": TINY_TOKENS, "seed": 1}
+    if variant_model.variant == "multilingual":
+        job["language_id"] = "es"
+    result = handler.handler({"input": job})
+    assert "error" not in result, result
+    assert result["parameters"]["model"] == variant_model.variant
+    assert result["parameters"]["voice_name"] == "Bella"
+    assert result["metrics"]["cache_hit"] is False
+
+    again = handler.handler({"input": job})
+    assert again["metrics"]["cache_hit"] is True
+    assert again["audio"] == result["audio"]  # same seed, same conditionals (from the cache)
+
+
+def test_streaming_job_with_a_variant(variant_worker, variant_model, monkeypatch):
+    import handler
+
+    monkeypatch.setattr(handler, "get_worker", lambda: variant_worker)
+    job = {"text": "Streaming.", "voice_name": "Bella", "model": variant_model.variant,
+           "mode": "streaming", "chunk_size": 2, "max_new_tokens": TINY_TOKENS, "seed": 2}
+    items = list(handler.stream_handler({"input": job}))
+    chunks, final = items[:-1], items[-1]
+    assert chunks and all("error" not in c for c in chunks), items
+    assert chunks[-1]["is_last"] and not any(c["is_last"] for c in chunks[:-1])
+    assert final["streaming_metrics"]["total_chunks"] == len(chunks)
+
+
+def test_conditionals_are_never_shared_between_variants(variant_worker, variant_model, monkeypatch):
+    import handler
+
+    monkeypatch.setattr(handler, "get_worker", lambda: variant_worker)
+    base = {"text": "Same voice.", "voice_name": "Bella", "max_new_tokens": 2, "seed": 3}
+    standard = handler.handler({"input": base})
+    variant = handler.handler({"input": {**base, "model": variant_model.variant}})
+    assert "error" not in standard and "error" not in variant, (standard, variant)
+    assert standard["metrics"]["cache_hit"] is False and variant["metrics"]["cache_hit"] is False
+    stats = variant_worker.cache.stats()
+    assert stats["misses"] == 2 and stats["entries"] == 2, stats
+
+
+def test_all_three_models_serve_from_one_worker_process(tmp_path):
+    """CHATTERBOX_MODELS=standard,multilingual,turbo loads all three through handler.py's own
+    loading code in one process, and a job for each model succeeds; peak RSS is reported."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import REPO, load_checkpoint_script
+
+    script = load_checkpoint_script()
+    env = {**os.environ,
+           "CHATTERBOX_MODELS": "standard,multilingual,turbo",
+           "CHATTERBOX_CKPT_DIR": os.environ.get("CHATTERBOX_CKPT_DIR") or str(script.ensure_checkpoint("standard")),
+           "CHATTERBOX_MULTILINGUAL_CKPT_DIR": os.environ.get("CHATTERBOX_MULTILINGUAL_CKPT_DIR")
+           or str(script.ensure_checkpoint("multilingual")),
+           "CHATTERBOX_TURBO_CKPT_DIR": os.environ.get("CHATTERBOX_TURBO_CKPT_DIR")
+           or str(script.ensure_checkpoint("turbo")),
+           "CONDITIONALS_CACHE_DIR": str(tmp_path / "conditionals"),
+           "CHATTERBOX_DEVICE": "cpu"}
+    code = (
+        "import json, handler\n"
+        "out = {}\n"
+        "for model, extra in (('standard', {}), ('multilingual', {'language_id': 'de'}), ('turbo', {})):\n"
+        "    job = {'text': 'Hallo.', 'voice_name': 'Amy', 'model': model, 'max_new_tokens': 2, 'seed': 1, **extra}\n"
+        "    result = handler.handler({'input': job})\n"
+        "    out[model] = result.get('error') or result['parameters']['model']\n"
+        "print(json.dumps(out))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    served = json.loads(run.stdout.strip().splitlines()[-1])
+    assert served == {"standard": "standard", "multilingual": "multilingual", "turbo": "turbo"}
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # ru_maxrss is KiB
+    print(f"peak RSS with all three models loaded: {peak_gib:.1f} GiB")
+    assert peak_gib < 24, peak_gib
+
+
+def test_variant_not_loaded_is_a_clear_error(real_worker, monkeypatch):
+    import handler
+
+    monkeypatch.setattr(handler, "get_worker", lambda: real_worker)
+    result = handler.handler({"input": {"text": "Hi.", "model": "turbo"}})
+    assert result["error"].startswith("model:") and "CHATTERBOX_MODELS" in result["error"]
+
+
+def test_language_list_matches_the_library():
+    from chatterbox.mtl_tts import SUPPORTED_LANGUAGES
+
+    from request_schema import SUPPORTED_LANGUAGE_IDS
+
+    assert tuple(SUPPORTED_LANGUAGE_IDS) == tuple(SUPPORTED_LANGUAGES)
+    assert len(SUPPORTED_LANGUAGE_IDS) == 23
