@@ -8,11 +8,13 @@ never read each other's voice, and nothing is ever written to the file system.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import librosa
 import numpy as np
@@ -78,6 +80,135 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def sample_speech_tokens(
+    t3,
+    t3_cond: T3Cond,
+    text_tokens: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    cfg_weight: float,
+    repetition_penalty: float,
+    min_p: float,
+    top_p: float,
+    alignment_analyzer: Callable[[int, int], Any] | None = None,
+) -> Iterator[torch.Tensor]:
+    """``T3.inference``'s sampling loop, yielding each speech token as it is drawn.
+
+    It mirrors the library loop step for step (same processors, same order, same RNG draws),
+    so with one seed it yields exactly the tokens ``T3.inference`` returns up to its stop
+    token. The multilingual model's loop differs only by its alignment checks:
+    ``alignment_analyzer(len_cond, n_text_tokens)`` builds that model's analyzer.
+    """
+    hp = t3.hp
+    text_tokens = torch.atleast_2d(text_tokens).to(dtype=torch.long, device=t3.device)
+    embeds, len_cond = t3.prepare_input_embeds(
+        t3_cond=t3_cond,
+        text_tokens=text_tokens,
+        speech_tokens=hp.start_speech_token * torch.ones_like(text_tokens[:, :1]),
+        cfg_weight=cfg_weight,
+    )
+    analyzer = alignment_analyzer(len_cond, text_tokens.size(-1)) if alignment_analyzer else None
+    backend = T3HuggingfaceBackend(
+        config=t3.cfg, llama=t3.tfmr, speech_enc=t3.speech_emb, speech_head=t3.speech_head,
+        alignment_stream_analyzer=analyzer,
+    )
+    bos = torch.tensor([[hp.start_speech_token]], dtype=torch.long, device=embeds.device)
+    bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
+    inputs_embeds = torch.cat([embeds, torch.cat([bos_embed, bos_embed])], dim=1)
+
+    generated = bos.clone()
+    min_p_warper = MinPLogitsWarper(min_p=min_p)
+    top_p_warper = TopPLogitsWarper(top_p=top_p)
+    repetition = RepetitionPenaltyLogitsProcessor(penalty=float(repetition_penalty))
+    forward_kwargs = dict(output_attentions=True, output_hidden_states=True, return_dict=True)
+    output = backend(inputs_embeds=inputs_embeds, past_key_values=None, use_cache=True, **forward_kwargs)
+    past = output.past_key_values
+    for i in range(max_new_tokens):
+        logits_step = output.logits[:, -1, :]
+        cond, uncond = logits_step[0:1, :], logits_step[1:2, :]
+        cfg = torch.as_tensor(cfg_weight, device=cond.device, dtype=cond.dtype)
+        logits = cond + cfg * (cond - uncond)
+        if analyzer is not None:
+            logits = analyzer.step(logits, next_token=generated[0, -1].item())
+        ids = generated[:1, ...]
+        logits = repetition(ids, logits)
+        if temperature != 1.0:
+            logits = logits / temperature
+        logits = top_p_warper(ids, min_p_warper(ids, logits))
+        next_token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
+        generated = torch.cat([generated, next_token], dim=1)
+        if next_token.view(-1) == hp.stop_speech_token:
+            return
+        yield next_token
+        next_embed = t3.speech_emb(next_token) + t3.speech_pos_emb.get_fixed_embedding(i + 1)
+        output = backend(
+            inputs_embeds=torch.cat([next_embed, next_embed]), past_key_values=past, **forward_kwargs
+        )
+        past = output.past_key_values
+
+
+def decode_window(
+    model,
+    tokens: list[torch.Tensor],
+    start: int,
+    gen: dict,
+    *,
+    tail: torch.Tensor | None = None,
+    n_cfm_timesteps: int | None = None,
+) -> np.ndarray:
+    """Audio for ``tokens[start:]`` (plus ``tail``), decoded after up to STREAM_CONTEXT_TOKENS
+    earlier tokens so that the vocoder sees context across the seam; the context's own
+    audio is cut off again and the seam faded in."""
+    context_start = max(0, start - STREAM_CONTEXT_TOKENS)
+    if tokens[context_start:]:
+        window = torch.cat(tokens[context_start:], dim=1)[0]
+    else:
+        window = torch.zeros(0, dtype=torch.long, device=model.device)
+    keep = window < SPEECH_VOCAB_SIZE
+    n_context = int(keep[: start - context_start].sum())
+    window = window[keep]
+    if tail is not None:
+        window = torch.cat([window, tail.to(window.device)])
+    if window.numel() == 0:
+        return np.zeros(0, dtype=np.float32)
+    wav, _ = model.s3gen.inference(
+        speech_tokens=pad_to_decodable(window.to(model.device)), ref_dict=dict(gen),
+        n_cfm_timesteps=n_cfm_timesteps,
+    )
+    wav = wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+    if n_context:
+        wav = wav[int(round(len(wav) * n_context / window.numel())):].copy()
+        fade = min(len(wav), int(STREAM_FADE_SECONDS * model.sr))
+        wav[:fade] *= np.linspace(0.0, 1.0, fade, dtype=np.float32)
+    return wav
+
+
+def stream_windows(
+    model,
+    sampler: Iterable[torch.Tensor],
+    gen: dict,
+    *,
+    chunk_size: int,
+    watermark: bool,
+    tail: torch.Tensor | None = None,
+    n_cfm_timesteps: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Decode every ``chunk_size`` sampled tokens; the last window also carries ``tail``."""
+    tokens: list[torch.Tensor] = []
+    emitted = 0
+    for token in sampler:
+        tokens.append(token)
+        if len(tokens) - emitted >= chunk_size:
+            wav = decode_window(model, tokens, emitted, gen, n_cfm_timesteps=n_cfm_timesteps)
+            emitted = len(tokens)
+            yield model._watermark(wav) if watermark else wav
+    # A tail (Turbo's silence) always ends the utterance, even right after a full window.
+    if tail is not None or len(tokens) > emitted or not tokens:
+        wav = decode_window(model, tokens, emitted, gen, tail=tail, n_cfm_timesteps=n_cfm_timesteps)
+        yield model._watermark(wav) if watermark else wav
 
 
 class ArrayConditioningMixin:
@@ -272,81 +403,8 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
 
     # -- token-level streaming ---------------------------------------------------------
 
-    def _sample_speech_tokens(
-        self,
-        t3_cond: T3Cond,
-        text_tokens: torch.Tensor,
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        cfg_weight: float,
-        repetition_penalty: float,
-        min_p: float,
-        top_p: float,
-    ) -> Iterator[torch.Tensor]:
-        """``T3.inference``'s sampling loop, yielding each speech token as it is drawn.
-
-        It mirrors the library loop step for step (same processors, same order, same RNG
-        draws), so with one seed it yields exactly the tokens ``T3.inference`` returns.
-        """
-        t3, hp = self.t3, self.t3.hp
-        embeds, _ = t3.prepare_input_embeds(
-            t3_cond=t3_cond,
-            text_tokens=text_tokens,
-            speech_tokens=hp.start_speech_token * torch.ones_like(text_tokens[:, :1]),
-            cfg_weight=cfg_weight,
-        )
-        backend = T3HuggingfaceBackend(
-            config=t3.cfg, llama=t3.tfmr, speech_enc=t3.speech_emb, speech_head=t3.speech_head
-        )
-        bos = torch.tensor([[hp.start_speech_token]], dtype=torch.long, device=embeds.device)
-        bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
-        inputs_embeds = torch.cat([embeds, torch.cat([bos_embed, bos_embed])], dim=1)
-
-        generated = bos.clone()
-        min_p_warper = MinPLogitsWarper(min_p=min_p)
-        top_p_warper = TopPLogitsWarper(top_p=top_p)
-        repetition = RepetitionPenaltyLogitsProcessor(penalty=float(repetition_penalty))
-        forward_kwargs = dict(output_attentions=True, output_hidden_states=True, return_dict=True)
-        output = backend(inputs_embeds=inputs_embeds, past_key_values=None, use_cache=True, **forward_kwargs)
-        past = output.past_key_values
-        for i in range(max_new_tokens):
-            logits_step = output.logits[:, -1, :]
-            cond, uncond = logits_step[0:1, :], logits_step[1:2, :]
-            cfg = torch.as_tensor(cfg_weight, device=cond.device, dtype=cond.dtype)
-            logits = cond + cfg * (cond - uncond)
-            ids = generated[:1, ...]
-            logits = repetition(ids, logits)
-            if temperature != 1.0:
-                logits = logits / temperature
-            logits = top_p_warper(ids, min_p_warper(ids, logits))
-            next_token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
-            generated = torch.cat([generated, next_token], dim=1)
-            if next_token.view(-1) == hp.stop_speech_token:
-                return
-            yield next_token
-            next_embed = t3.speech_emb(next_token) + t3.speech_pos_emb.get_fixed_embedding(i + 1)
-            output = backend(
-                inputs_embeds=torch.cat([next_embed, next_embed]), past_key_values=past, **forward_kwargs
-            )
-            past = output.past_key_values
-
-    def _decode_window(self, tokens: list[torch.Tensor], start: int, gen: dict) -> np.ndarray:
-        """Audio for tokens[start:], decoded with up to STREAM_CONTEXT_TOKENS before them."""
-        context_start = max(0, start - STREAM_CONTEXT_TOKENS)
-        window = torch.cat(tokens[context_start:], dim=1)[0]
-        keep = window < SPEECH_VOCAB_SIZE
-        n_context = int(keep[: start - context_start].sum())
-        window = window[keep]
-        if window.numel() == 0:
-            return np.zeros(0, dtype=np.float32)
-        wav, _ = self.s3gen.inference(speech_tokens=pad_to_decodable(window.to(self.device)), ref_dict=dict(gen))
-        wav = wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
-        if n_context:
-            wav = wav[int(round(len(wav) * n_context / window.numel())):].copy()
-            fade = min(len(wav), int(STREAM_FADE_SECONDS * self.sr))
-            wav[:fade] *= np.linspace(0.0, 1.0, fade, dtype=np.float32)
-        return wav
+    def _sample_speech_tokens(self, t3_cond: T3Cond, text_tokens: torch.Tensor, **sampling) -> Iterator[torch.Tensor]:
+        return sample_speech_tokens(self.t3, t3_cond, text_tokens, **sampling)
 
     def stream(
         self,
@@ -367,8 +425,6 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
         """Yield audio every ``chunk_size`` speech tokens while T3 is still sampling."""
         call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
         text_tokens = self._text_tokens(text)
-        tokens: list[torch.Tensor] = []
-        emitted = 0
         with self.inference_lock, torch.inference_mode():
             if seed is not None:
                 seed_everything(seed)
@@ -382,15 +438,8 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
                 min_p=min_p,
                 top_p=top_p,
             )
-            for token in sampler:
-                tokens.append(token)
-                if len(tokens) - emitted >= chunk_size:
-                    wav = self._decode_window(tokens, emitted, call.gen)
-                    emitted = len(tokens)
-                    yield self._watermark(wav) if watermark else wav
-            if len(tokens) > emitted or not tokens:
-                wav = self._decode_window(tokens, emitted, call.gen) if tokens else np.zeros(0, np.float32)
-                yield self._watermark(wav) if watermark else wav
+            with contextlib.closing(sampler):
+                yield from stream_windows(self, sampler, call.gen, chunk_size=chunk_size, watermark=watermark)
 
     # -- voice conversion --------------------------------------------------------------
 

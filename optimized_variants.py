@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,6 @@ from chatterbox.models.s3gen import S3GEN_SR
 from chatterbox.models.s3gen.const import S3GEN_SIL
 from chatterbox.models.s3tokenizer import drop_invalid_tokens
 from chatterbox.models.t3.inference.alignment_stream_analyzer import AlignmentStreamAnalyzer
-from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
 from chatterbox.models.t3.modules.cond_enc import T3Cond
 from chatterbox.mtl_tts import SUPPORTED_LANGUAGES, ChatterboxMultilingualTTS
 from chatterbox.mtl_tts import punc_norm as multilingual_punc_norm
@@ -33,7 +32,6 @@ from chatterbox.tts_turbo import ChatterboxTurboTTS
 from chatterbox.tts_turbo import punc_norm as turbo_punc_norm
 from transformers.generation.logits_process import (
     LogitsProcessorList,
-    MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -43,11 +41,12 @@ from transformers.generation.logits_process import (
 from optimized_chatterbox import (
     DEFAULT_MAX_NEW_TOKENS,
     SPEECH_VOCAB_SIZE,
-    STREAM_CONTEXT_TOKENS,
-    STREAM_FADE_SECONDS,
     ArrayConditioningMixin,
     default_device,
+    pad_to_decodable,
+    sample_speech_tokens,
     seed_everything,
+    stream_windows,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,72 +79,8 @@ TURBO_CFM_TIMESTEPS = 2
 TURBO_SILENCE_TOKENS = 3
 
 
-def _mark(model: ArrayConditioningMixin, wav: np.ndarray, watermark: bool) -> np.ndarray:
-    return model._watermark(wav) if watermark else wav
-
-
-def _decode_window(
-    model: ArrayConditioningMixin,
-    tokens: list[torch.Tensor],
-    start: int,
-    gen: dict,
-    *,
-    tail: torch.Tensor | None = None,
-    n_cfm_timesteps: int | None = None,
-) -> np.ndarray:
-    """Audio for ``tokens[start:]`` (plus ``tail``), decoded after up to STREAM_CONTEXT_TOKENS
-    earlier tokens so that the vocoder sees context across the seam; the context's own
-    audio is cut off again and the seam faded in. As ``OptimizedChatterboxTTS`` streams."""
-    context_start = max(0, start - STREAM_CONTEXT_TOKENS)
-    if tokens[context_start:]:
-        window = torch.cat(tokens[context_start:], dim=1)[0]
-    else:
-        window = torch.zeros(0, dtype=torch.long, device=model.device)
-    keep = window < SPEECH_VOCAB_SIZE
-    n_context = int(keep[: start - context_start].sum())
-    window = window[keep]
-    if tail is not None:
-        window = torch.cat([window, tail.to(window.device)])
-    if window.numel() == 0:
-        return np.zeros(0, dtype=np.float32)
-    wav, _ = model.s3gen.inference(
-        speech_tokens=window.to(model.device), ref_dict=dict(gen), n_cfm_timesteps=n_cfm_timesteps
-    )
-    wav = wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
-    if n_context:
-        wav = wav[int(round(len(wav) * n_context / window.numel())):].copy()
-        fade = min(len(wav), int(STREAM_FADE_SECONDS * model.sr))
-        wav[:fade] *= np.linspace(0.0, 1.0, fade, dtype=np.float32)
-    return wav
-
-
-def _stream_windows(
-    model: ArrayConditioningMixin,
-    sampler: Iterable[torch.Tensor],
-    gen: dict,
-    *,
-    chunk_size: int,
-    watermark: bool,
-    tail: torch.Tensor | None = None,
-    n_cfm_timesteps: int | None = None,
-) -> Iterator[np.ndarray]:
-    """Decode every ``chunk_size`` sampled tokens; the last window also carries ``tail``."""
-    tokens: list[torch.Tensor] = []
-    emitted = 0
-    for token in sampler:
-        tokens.append(token)
-        if len(tokens) - emitted >= chunk_size:
-            wav = _decode_window(model, tokens, emitted, gen, n_cfm_timesteps=n_cfm_timesteps)
-            emitted = len(tokens)
-            yield _mark(model, wav, watermark)
-    # A tail (Turbo's silence) always ends the utterance, even right after a full window.
-    if tail is not None or len(tokens) > emitted or not tokens:
-        wav = _decode_window(model, tokens, emitted, gen, tail=tail, n_cfm_timesteps=n_cfm_timesteps)
-        yield _mark(model, wav, watermark)
-
-
 @contextlib.contextmanager
-def _forward_hooks_released(module: torch.nn.Module) -> Iterator[None]:
+def alignment_hooks_released(module: torch.nn.Module) -> Iterator[None]:
     """Undo what an ``AlignmentStreamAnalyzer`` leaves on the transformer once the block ends.
 
     The library builds a new analyzer on every multilingual ``T3.inference`` call. Each one
@@ -208,7 +143,7 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
         speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB_SIZE].to(self.device)
         if speech_tokens.numel() == 0:
             return np.zeros(0, dtype=np.float32)
-        wav, _ = self.s3gen.inference(speech_tokens=speech_tokens, ref_dict=dict(gen))
+        wav, _ = self.s3gen.inference(speech_tokens=pad_to_decodable(speech_tokens), ref_dict=dict(gen))
         return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
 
     def synthesize(
@@ -231,7 +166,7 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
         language = self.normalize_language(language_id)
         call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
         text_tokens = self._text_tokens(text, language)
-        with self.inference_lock, torch.inference_mode(), _forward_hooks_released(self.t3.tfmr):
+        with self.inference_lock, torch.inference_mode(), alignment_hooks_released(self.t3.tfmr):
             if seed is not None:
                 seed_everything(seed)
             speech_tokens = self.t3.inference(
@@ -245,77 +180,23 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
                 top_p=top_p,
             )
             wav = self._tokens_to_wav(speech_tokens[0], call.gen)
-            return _mark(self, wav, watermark)
+            return self._watermark(wav) if watermark else wav
 
-    def _sample_speech_tokens(
-        self,
-        t3_cond: T3Cond,
-        text_tokens: torch.Tensor,
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        cfg_weight: float,
-        repetition_penalty: float,
-        min_p: float,
-        top_p: float,
-    ) -> Iterator[torch.Tensor]:
-        """``T3.inference``'s multilingual loop, yielding each speech token as it is drawn.
-
-        Step for step the library's loop, alignment checks included (same analyzer, same
-        processors, same RNG draws), so one seed yields exactly the tokens ``T3.inference``
-        returns up to its stop token. The caller removes the analyzer's hooks.
-        """
-        t3, hp = self.t3, self.t3.hp
-        text_tokens = torch.atleast_2d(text_tokens).to(dtype=torch.long, device=t3.device)
-        embeds, len_cond = t3.prepare_input_embeds(
-            t3_cond=t3_cond,
-            text_tokens=text_tokens,
-            speech_tokens=hp.start_speech_token * torch.ones_like(text_tokens[:, :1]),
-            cfg_weight=cfg_weight,
-        )
-        analyzer = AlignmentStreamAnalyzer(
-            t3.tfmr,
+    def _alignment_analyzer(self, len_cond: int, n_text_tokens: int) -> AlignmentStreamAnalyzer:
+        # What T3.inference builds for a multilingual model; it registers forward hooks,
+        # which the caller removes (alignment_hooks_released).
+        return AlignmentStreamAnalyzer(
+            self.t3.tfmr,
             None,
-            text_tokens_slice=(len_cond, len_cond + text_tokens.size(-1)),
+            text_tokens_slice=(len_cond, len_cond + n_text_tokens),
             alignment_layer_idx=ALIGNMENT_LAYER_IDX,
-            eos_idx=hp.stop_speech_token,
+            eos_idx=self.t3.hp.stop_speech_token,
         )
-        backend = T3HuggingfaceBackend(
-            config=t3.cfg, llama=t3.tfmr, speech_enc=t3.speech_emb, speech_head=t3.speech_head,
-            alignment_stream_analyzer=analyzer,
-        )
-        bos = torch.tensor([[hp.start_speech_token]], dtype=torch.long, device=embeds.device)
-        bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
-        inputs_embeds = torch.cat([embeds, torch.cat([bos_embed, bos_embed])], dim=1)
 
-        generated = bos.clone()
-        min_p_warper = MinPLogitsWarper(min_p=min_p)
-        top_p_warper = TopPLogitsWarper(top_p=top_p)
-        repetition = RepetitionPenaltyLogitsProcessor(penalty=float(repetition_penalty))
-        forward_kwargs = dict(output_attentions=True, output_hidden_states=True, return_dict=True)
-        output = backend(inputs_embeds=inputs_embeds, past_key_values=None, use_cache=True, **forward_kwargs)
-        past = output.past_key_values
-        for i in range(max_new_tokens):
-            logits_step = output.logits[:, -1, :]
-            cond, uncond = logits_step[0:1, :], logits_step[1:2, :]
-            cfg = torch.as_tensor(cfg_weight, device=cond.device, dtype=cond.dtype)
-            logits = cond + cfg * (cond - uncond)
-            logits = analyzer.step(logits, next_token=generated[0, -1].item())
-            ids = generated[:1, ...]
-            logits = repetition(ids, logits)
-            if temperature != 1.0:
-                logits = logits / temperature
-            logits = top_p_warper(ids, min_p_warper(ids, logits))
-            next_token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
-            generated = torch.cat([generated, next_token], dim=1)
-            if next_token.view(-1) == hp.stop_speech_token:
-                return
-            yield next_token
-            next_embed = t3.speech_emb(next_token) + t3.speech_pos_emb.get_fixed_embedding(i + 1)
-            output = backend(
-                inputs_embeds=torch.cat([next_embed, next_embed]), past_key_values=past, **forward_kwargs
-            )
-            past = output.past_key_values
+    def _sample_speech_tokens(self, t3_cond: T3Cond, text_tokens: torch.Tensor, **sampling) -> Iterator[torch.Tensor]:
+        """``T3.inference``'s multilingual loop, alignment checks included, token by token."""
+        return sample_speech_tokens(self.t3, t3_cond, text_tokens, alignment_analyzer=self._alignment_analyzer,
+                                    **sampling)
 
     def stream(
         self,
@@ -342,7 +223,7 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
         language = self.normalize_language(language_id)
         call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
         text_tokens = self._text_tokens(text, language)
-        with self.inference_lock, torch.inference_mode(), _forward_hooks_released(self.t3.tfmr):
+        with self.inference_lock, torch.inference_mode(), alignment_hooks_released(self.t3.tfmr):
             if seed is not None:
                 seed_everything(seed)
             sampler = self._sample_speech_tokens(
@@ -356,7 +237,7 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
                 top_p=top_p,
             )
             with contextlib.closing(sampler):
-                yield from _stream_windows(self, sampler, call.gen, chunk_size=chunk_size, watermark=watermark)
+                yield from stream_windows(self, sampler, call.gen, chunk_size=chunk_size, watermark=watermark)
 
 
 class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
@@ -439,7 +320,7 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
                 max_gen_len=self._max_gen_len(max_new_tokens),
             )
             wav = self._tokens_to_wav(speech_tokens, call.gen)
-            return _mark(self, wav, watermark)
+            return self._watermark(wav) if watermark else wav
 
     def _sample_speech_tokens(
         self,
@@ -534,7 +415,7 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
                 repetition_penalty=repetition_penalty,
             )
             with contextlib.closing(sampler):
-                yield from _stream_windows(
+                yield from stream_windows(
                     self, sampler, call.gen, chunk_size=chunk_size, watermark=watermark,
                     tail=self._silence(), n_cfm_timesteps=TURBO_CFM_TIMESTEPS,
                 )
