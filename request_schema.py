@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from job_errors import JobError
 
@@ -51,13 +51,15 @@ def reject_unknown_fields() -> bool:
 class _Request(BaseModel):
     # Strict types: "0.5" for a float or 1 for a bool is a client bug worth reporting.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # Voice fields where "none" (or "") means "no voice given", as old clients send it.
+    _optional_voice_fields: ClassVar[tuple[str, ...]] = ("voice_id", "voice_name")
 
     @model_validator(mode="before")
     @classmethod
     def _drop_absent_voices(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = dict(data)
-            for key in ("voice_id", "voice_name"):
+            for key in cls._optional_voice_fields:
                 value = data.get(key)
                 if isinstance(value, str) and value.strip().lower() in _ABSENT:
                     data.pop(key)
@@ -153,7 +155,14 @@ class TTSRequest(_Generation):
         return 25 if self.voice_cloning_mode else 50
 
 
+def _savable_name(name: str | None) -> str | None:
+    if name is not None and name.strip().lower() in _ABSENT:
+        raise ValueError(f"{name!r} cannot name a voice: other jobs read it as 'no voice'")
+    return name
+
+
 class VoiceCloningRequest(_Generation):
+    _optional_voice_fields = ()  # voice_name names the voice to save
     operation: Literal["voice_cloning"]
     reference_audio: str
     voice_name: VoiceName | None = None
@@ -164,6 +173,8 @@ class VoiceCloningRequest(_Generation):
     exaggeration: Exaggeration = 0.5
     cfg_weight: CfgWeight | None = None
     cfg: CfgWeight | None = None
+
+    _check_name = field_validator("voice_name")(_savable_name)
 
     @model_validator(mode="after")
     def _check(self) -> "VoiceCloningRequest":
@@ -177,11 +188,14 @@ class VoiceCloningRequest(_Generation):
 
 
 class UploadVoiceRequest(_Request):
+    _optional_voice_fields = ()  # voice_name names the voice to save
     operation: Literal["upload_voice"]
     voice_name: VoiceName
     reference_audio: str
     voice_description: Description = ""
     gender: Annotated[str, Field(min_length=1, max_length=32)] = "unknown"
+
+    _check_name = field_validator("voice_name")(_savable_name)
 
 
 class ListVoicesRequest(_Request):
@@ -234,8 +248,10 @@ class VoiceTransferRequest(_Request):
         else:
             if self.target_audio is None:
                 raise ValueError("target_audio is required when transfer_mode is 'audio'")
-            if self.voice_name is not None or self.voice_id is not None:
-                raise ValueError("transfer_mode 'audio' takes target_audio, not voice_name or voice_id")
+            for name in ("voice_name", "voice_id"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is for transfer_mode 'embedding'; transfer_mode 'audio' takes "
+                                     "target_audio")
         return self
 
 
