@@ -6,6 +6,7 @@ The job contract lives in request_schema.py and the job types in job_operations.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -57,11 +58,16 @@ def load_worker():
     from job_operations import Worker
     from optimized_chatterbox import ConditionalsCodec
     from optimized_voice_library import initialize_optimized_voice_library
+    from voice_usage import USAGE_FILENAME, VoiceUsage
 
     models = {name: load_model(name) for name in enabled_models()}
     device = next(iter(models.values())).device
     cache = ConditionalsCache(ConditionalsCodec(device), disk_dir=default_cache_dir())
-    worker = Worker(models, initialize_optimized_voice_library(), cache)
+    library = initialize_optimized_voice_library()
+    usage = VoiceUsage(library.library_dir / USAGE_FILENAME)
+    usage.start()
+    atexit.register(usage.stop)
+    worker = Worker(models, library, cache, usage=usage)
     if PRELOAD_VOICES:
         threading.Thread(target=worker.preload, args=(PRELOAD_VOICES, PRELOAD_MAX_SECONDS),
                          name="preload-voices", daemon=True).start()

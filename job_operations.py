@@ -44,6 +44,7 @@ from voice_sources import (
     resolve_voice,
     uploaded_voice,
 )
+from voice_usage import VoiceUsage
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +139,11 @@ class Worker:
 
     def __init__(self, models: dict[str, SpeechModel], library: OptimizedVoiceLibrary,
                  cache: ConditionalsCache | None = None, conditioner: Conditioner | None = None,
-                 disabled_models_hint: str = "CHATTERBOX_MODELS"):
+                 disabled_models_hint: str = "CHATTERBOX_MODELS", usage: VoiceUsage | None = None):
         self.models = models
         self.library = library
         self.cache = cache
+        self.usage = usage
         self._conditioner = conditioner or self._array_conditionals
         self._hint = disabled_models_hint
         self._lock = threading.Lock()
@@ -167,9 +169,11 @@ class Worker:
         return lookup.conditionals, lookup.source
 
     def conditionals(self, model: SpeechModel, prompt: VoicePrompt | None, exaggeration: float,
-                     use_cache: bool) -> tuple[Any, str | None]:
+                     use_cache: bool, count_use: bool = True) -> tuple[Any, str | None]:
         if prompt is None:
             return model.default_conditionals(), None
+        if count_use and self.usage is not None and prompt.voice_id:
+            self.usage.record(prompt.voice_id)
         min_seconds = getattr(model, "min_prompt_seconds", 0.0)
         if prompt.duration <= min_seconds:
             raise JobError(prompt.field, f"is {prompt.duration:.2f} s long; the {model.variant} model needs "
@@ -199,25 +203,33 @@ class Worker:
     def preload(self, spec: str, max_seconds: float) -> int:
         """Prepare library voices' conditionals ahead of jobs; stops at ``max_seconds``.
 
-        ``spec`` is "all" or a count N (the first N voices of the catalog). Returns how many
-        voices were prepared. Runs in a background thread, so it never delays readiness.
+        ``spec`` is "all" or a count N: the N most-used voices (by ``voice_usage.json``;
+        catalog order among voices never used). Most-used voices go first either way, so
+        the time bound cuts the least used. Returns how many voices were prepared. Runs in
+        a background thread, so it never delays readiness.
         """
-        voices = self.library.list_voices()
-        if spec.strip().lower() != "all":
-            voices = voices[: int(spec)]
+        voice_ids = [v["voice_id"] for v in self.library.list_voices()]
+        if self.usage is not None:
+            voice_ids = self.usage.most_used(voice_ids)
+        spec = spec.strip().lower()
+        if spec != "all":
+            if not spec.isdigit():
+                logger.error("PRELOAD_VOICES=%r: expected 'all' or a number of voices; nothing preloaded", spec)
+                return 0
+            voice_ids = voice_ids[: int(spec)]
         deadline = time.monotonic() + max_seconds
         done = 0
-        for voice in voices:
+        for voice_id in voice_ids:
             if time.monotonic() >= deadline:
                 logger.info("preload stopped at its %.0f s bound after %d voices", max_seconds, done)
                 break
             try:
-                prompt = library_voice(self.library, voice_id=voice["voice_id"])
+                prompt = library_voice(self.library, voice_id=voice_id)
                 for model in self.models.values():
-                    self.conditionals(model, prompt, 0.5, use_cache=True)
+                    self.conditionals(model, prompt, 0.5, use_cache=True, count_use=False)
                 done += 1
             except Exception as exc:  # a bad voice must not stop the others
-                logger.warning("preload skipped voice %s: %s", voice.get("voice_id"), exc)
+                logger.warning("preload skipped voice %s: %s", voice_id, exc)
         logger.info("preloaded conditionals for %d voices", done)
         return done
 

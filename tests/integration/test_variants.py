@@ -177,6 +177,18 @@ def test_turbo_normalises_loudness_like_the_library(variant_model, speech):
     assert diff < 1e-3, diff
 
 
+def demo_library_copy(target):
+    import shutil
+
+    from conftest import REPO
+
+    target.mkdir()
+    for name in ("voice_catalog.json", "name_mapping.json"):
+        shutil.copy(REPO / name, target)
+    shutil.copytree(REPO / "voice_embeddings", target / "voice_embeddings")
+    return target
+
+
 def test_all_three_models_serve_from_one_worker_process(tmp_path):
     """CHATTERBOX_MODELS=standard,multilingual,turbo loads all three through handler.py's own
     loading code in one process, and a job for each model succeeds; peak RSS is reported."""
@@ -196,6 +208,7 @@ def test_all_three_models_serve_from_one_worker_process(tmp_path):
            "CHATTERBOX_TURBO_CKPT_DIR": os.environ.get("CHATTERBOX_TURBO_CKPT_DIR")
            or str(script.ensure_checkpoint("turbo")),
            "CONDITIONALS_CACHE_DIR": str(tmp_path / "conditionals"),
+           "VOICE_LIBRARY_DIR": str(demo_library_copy(tmp_path / "library")),
            "CHATTERBOX_DEVICE": "cpu"}
     code = (
         "import json, handler\n"
