@@ -82,6 +82,25 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def cfg_text_batch(tokens: torch.Tensor, hp) -> torch.Tensor:
+    """Text tokens as T3 takes them: a batch of two (conditional, unconditional), framed by
+    the start and stop text tokens. Always two rows: T3 inference assumes it, and the
+    library's own generate crashes on cfg_weight=0 because it then passes one."""
+    tokens = torch.cat([tokens, tokens], dim=0)
+    tokens = torch.nn.functional.pad(tokens, (1, 0), value=hp.start_text_token)
+    return torch.nn.functional.pad(tokens, (0, 1), value=hp.stop_text_token)
+
+
+def tokens_to_wav(model, speech_tokens: torch.Tensor, gen: dict) -> np.ndarray:
+    """S3Gen audio for T3's speech tokens, with the library's cut of control tokens."""
+    speech_tokens = drop_invalid_tokens(speech_tokens)
+    speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB_SIZE].to(model.device)
+    if speech_tokens.numel() == 0:
+        return np.zeros(0, dtype=np.float32)
+    wav, _ = model.s3gen.inference(speech_tokens=pad_to_decodable(speech_tokens), ref_dict=dict(gen))
+    return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+
+
 def sample_speech_tokens(
     t3,
     t3_cond: T3Cond,
@@ -309,20 +328,10 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
     # -- generation --------------------------------------------------------------------
 
     def _text_tokens(self, text: str) -> torch.Tensor:
-        tokens = self.tokenizer.text_to_tokens(punc_norm(text)).to(self.device)
-        # Always a batch of two (conditional, unconditional): T3 inference assumes it, and
-        # the library's own generate crashes on cfg_weight=0 because it then passes one.
-        tokens = torch.cat([tokens, tokens], dim=0)
-        tokens = torch.nn.functional.pad(tokens, (1, 0), value=self.t3.hp.start_text_token)
-        return torch.nn.functional.pad(tokens, (0, 1), value=self.t3.hp.stop_text_token)
+        return cfg_text_batch(self.tokenizer.text_to_tokens(punc_norm(text)).to(self.device), self.t3.hp)
 
     def _tokens_to_wav(self, speech_tokens: torch.Tensor, gen: dict) -> np.ndarray:
-        speech_tokens = drop_invalid_tokens(speech_tokens)
-        speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB_SIZE].to(self.device)
-        if speech_tokens.numel() == 0:
-            return np.zeros(0, dtype=np.float32)
-        wav, _ = self.s3gen.inference(speech_tokens=pad_to_decodable(speech_tokens), ref_dict=dict(gen))
-        return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+        return tokens_to_wav(self, speech_tokens, gen)
 
     def synthesize(
         self,

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from chatterbox.models.s3gen import S3GEN_SR
 from chatterbox.models.s3gen.const import S3GEN_SIL
-from chatterbox.models.s3tokenizer import drop_invalid_tokens
 from chatterbox.models.t3.inference.alignment_stream_analyzer import AlignmentStreamAnalyzer
 from chatterbox.models.t3.modules.cond_enc import T3Cond
 from chatterbox.mtl_tts import SUPPORTED_LANGUAGES, ChatterboxMultilingualTTS
@@ -42,11 +41,12 @@ from optimized_chatterbox import (
     DEFAULT_MAX_NEW_TOKENS,
     SPEECH_VOCAB_SIZE,
     ArrayConditioningMixin,
+    cfg_text_batch,
     default_device,
-    pad_to_decodable,
     sample_speech_tokens,
     seed_everything,
     stream_windows,
+    tokens_to_wav,
 )
 
 logger = logging.getLogger(__name__)
@@ -131,20 +131,13 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
 
     def _text_tokens(self, text: str, language: str | None) -> torch.Tensor:
         tokens = self.tokenizer.text_to_tokens(multilingual_punc_norm(text), language_id=language)
-        tokens = tokens.to(self.device)
-        tokens = torch.cat([tokens, tokens], dim=0)  # conditional and unconditional batch for CFG
-        tokens = F.pad(tokens, (1, 0), value=self.t3.hp.start_text_token)
-        return F.pad(tokens, (0, 1), value=self.t3.hp.stop_text_token)
+        return cfg_text_batch(tokens.to(self.device), self.t3.hp)
 
     def _tokens_to_wav(self, speech_tokens: torch.Tensor, gen: dict) -> np.ndarray:
-        speech_tokens = drop_invalid_tokens(speech_tokens)
-        # The library's multilingual path skips this cut, which the standard and Turbo paths
-        # make; without it a sampled control token would index past S3Gen's vocabulary.
-        speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB_SIZE].to(self.device)
-        if speech_tokens.numel() == 0:
-            return np.zeros(0, dtype=np.float32)
-        wav, _ = self.s3gen.inference(speech_tokens=pad_to_decodable(speech_tokens), ref_dict=dict(gen))
-        return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+        # The library's multilingual path skips the cut of control tokens that the standard
+        # and Turbo paths make; without it a sampled control token would index past S3Gen's
+        # vocabulary. So it takes the standard model's steps.
+        return tokens_to_wav(self, speech_tokens, gen)
 
     def synthesize(
         self,
