@@ -24,6 +24,8 @@ RMS_TARGET_DBFS = -20.0
 CROSSFADE_MS = 10.0
 PAUSE_MS = 120.0
 ACCEPTED_FORMATS = "WAV, FLAC, OGG (Vorbis/Opus) or MP3"
+# Stored voice files that libsndfile reads, by file name ending.
+SOUNDFILE_SUFFIXES = (".flac", ".wav", ".ogg")
 OUTPUT_FORMATS = ("wav", "flac", "mp3", "ogg", "opus", "pcm_16")
 MIME_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
               "opus": "audio/ogg; codecs=opus", "pcm_16": "audio/L16"}

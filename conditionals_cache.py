@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from atomic_files import replacing
 
 logger = logging.getLogger(__name__)
 
@@ -161,21 +162,14 @@ class ConditionalsCache:
         path = self._path(key)
         if path is None:
             return
-        tmp_name = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=CACHE_FILE_SUFFIX)
-            os.close(fd)
-            self.codec.save(conds, Path(tmp_name), key.metadata())
             # Readers on other workers see the old file or the whole new one, never a part.
-            os.replace(tmp_name, path)
-            tmp_name = None
+            with replacing(path) as partial:
+                self.codec.save(conds, partial, key.metadata())
         except OSError as exc:
             self.disk_errors += 1
             logger.warning("could not persist conditionals to %s: %s", path, exc)
-        finally:
-            if tmp_name:
-                Path(tmp_name).unlink(missing_ok=True)
 
     # -- lookup ------------------------------------------------------------------------
 

@@ -80,6 +80,17 @@ def service_unavailable(exc: Exception) -> dict[str, Any]:
             "refresh_worker": True}
 
 
+def error_response(exc: Exception) -> dict[str, Any]:
+    """The one error shape: a job's fault names its field; anything else says what broke."""
+    if isinstance(exc, JobError):
+        logger.info("rejected job: %s", exc)
+        return exc.to_response()
+    if isinstance(exc, ServiceUnavailableError):
+        return service_unavailable(exc)
+    logger.error("job failed", exc_info=exc)
+    return {"error": f"internal: {type(exc).__name__}: {exc}"}
+
+
 def get_worker():
     """The process's worker, loaded once; a failed load is remembered, not retried per job."""
     global _worker, _worker_error
@@ -104,14 +115,8 @@ def run_job(job_input: Any, worker_source: Callable[[], Any],
         if warnings:
             result["warnings"] = warnings
         return result
-    except JobError as exc:
-        logger.info("rejected job: %s", exc)
-        return exc.to_response()
-    except ServiceUnavailableError as exc:
-        return service_unavailable(exc)
-    except Exception as exc:
-        logger.exception("job failed")
-        return {"error": f"internal: {type(exc).__name__}: {exc}"}
+    except Exception as exc:  # the worker must answer every job, and keep serving
+        return error_response(exc)
 
 
 def handle(job_input: Any, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -146,13 +151,8 @@ def stream_handler(job: dict[str, Any]) -> Iterator[dict[str, Any]]:
             if warnings and "metrics" in item:
                 item["warnings"] = warnings
             yield item
-    except JobError as exc:
-        yield exc.to_response()
-    except ServiceUnavailableError as exc:
-        yield service_unavailable(exc)
-    except Exception as exc:
-        logger.exception("streaming job failed")
-        yield {"error": f"internal: {type(exc).__name__}: {exc}"}
+    except Exception as exc:  # the worker must answer every job, and keep serving
+        yield error_response(exc)
 
 
 def serverless_config(argv: list[str]) -> dict[str, Any]:

@@ -118,6 +118,32 @@ def encode_output(wav: np.ndarray, model_sr: int, *, output_format: str, sample_
     return deliver_audio(encode_audio(wav, out_sr, output_format), output_format, key=key), out_sr
 
 
+def stream_audio(model: SpeechModel, text: str, conds: Any, chunk_size: int,
+                 sampling: dict[str, Any]) -> Iterator[np.ndarray]:
+    """Audio chunks for ``text``, sentence chunk by sentence chunk, as the model makes them."""
+    for sentence_chunk in split_text(text) or [text]:
+        for wav in model.stream(sentence_chunk, conditionals=conds, chunk_size=chunk_size, **sampling):
+            if wav.size:  # an empty window (the model stopped right after a full one) is no chunk
+                yield wav
+
+
+def chunk_detail(index: int, samples: int, sample_rate: int, latency_s: float) -> dict[str, Any]:
+    return {"chunk_index": index, "samples": int(samples), "duration": round(samples / sample_rate, 4),
+            "latency": round(latency_s, 4)}
+
+
+def streaming_metrics(details: list[dict[str, Any]], generation_s: float, audio_s: float) -> dict[str, Any]:
+    """The contract's ``streaming_metrics``; latencies are seconds since generation started."""
+    return {
+        "total_chunks": len(details),
+        "first_chunk_latency": details[0]["latency"] if details else None,
+        "total_generation_time": round(generation_s, 4),
+        "audio_duration": round(audio_s, 4),
+        "rtf": round(generation_s / audio_s, 4) if audio_s > 0 else None,
+        "chunk_details": details,
+    }
+
+
 def new_seed() -> int:
     return secrets.randbelow(MAX_SEED + 1)
 
@@ -278,26 +304,11 @@ class Worker:
     def _speak_streaming(self, model: SpeechModel, text: str, conds: Any, sampling: dict[str, Any],
                          chunk_size: int, started: float) -> tuple[np.ndarray, dict[str, Any]]:
         details, pieces = [], []
-        for sentence_chunk in split_text(text) or [text]:
-            for wav in model.stream(sentence_chunk, conditionals=conds, chunk_size=chunk_size, **sampling):
-                if not wav.size:
-                    continue
-                now = time.perf_counter()
-                details.append({"chunk_index": len(details), "samples": int(wav.size),
-                                "duration": round(wav.size / model.sr, 4),
-                                "latency": round(now - started, 4)})
-                pieces.append(wav)
+        for wav in stream_audio(model, text, conds, chunk_size, sampling):
+            details.append(chunk_detail(len(details), wav.size, model.sr, time.perf_counter() - started))
+            pieces.append(wav)
         audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-        total = time.perf_counter() - started
-        duration = audio.size / model.sr
-        return audio, {
-            "total_chunks": len(details),
-            "first_chunk_latency": details[0]["latency"] if details else None,
-            "total_generation_time": round(total, 4),
-            "audio_duration": round(duration, 4),
-            "rtf": round(total / duration, 4) if duration > 0 else None,
-            "chunk_details": details,
-        }
+        return audio, streaming_metrics(details, time.perf_counter() - started, audio.size / model.sr)
 
     def _prepare_tts(self, request: TTSRequest, timer: Timer) -> "_TTSJob":
         model = self.model_for(request.model)
@@ -365,20 +376,14 @@ class Worker:
         job = self._prepare_tts(request, timer)
         model, out_sr = job.model, request.sample_rate or job.model.sr
         started = time.perf_counter()
-        # An empty window (the model stopped right after a full one) is not worth a chunk.
-        chunks = (wav for text in split_text(request.text) or [request.text]
-                  for wav in model.stream(text, conditionals=job.conds, chunk_size=request.effective_chunk_size,
-                                          **job.sampling)
-                  if wav.size)
+        chunks = stream_audio(model, request.text, job.conds, request.effective_chunk_size, job.sampling)
         details, total_samples = [], 0
         pending = next(chunks, None)
         while pending is not None:
             following = next(chunks, None)
             with timer.measure("encode_ms"):
                 audio = encode_audio_base64(resample(pending, model.sr, out_sr), out_sr, request.output_format)
-            details.append({"chunk_index": len(details), "samples": int(pending.size),
-                            "duration": round(pending.size / model.sr, 4),
-                            "latency": round(time.perf_counter() - started, 4)})
+            details.append(chunk_detail(len(details), pending.size, model.sr, time.perf_counter() - started))
             total_samples += pending.size
             yield {"chunk_index": len(details) - 1, "audio": audio, "format": request.output_format,
                    "sample_rate": out_sr, "is_last": following is None}
@@ -388,14 +393,7 @@ class Worker:
         duration = total_samples / model.sr
         yield {
             **self._tts_fields(request, job),
-            "streaming_metrics": {
-                "total_chunks": len(details),
-                "first_chunk_latency": details[0]["latency"] if details else None,
-                "total_generation_time": round(generation, 4),
-                "audio_duration": round(duration, 4),
-                "rtf": round(generation / duration, 4) if duration > 0 else None,
-                "chunk_details": details,
-            },
+            "streaming_metrics": streaming_metrics(details, generation, duration),
             "metrics": timer.metrics(duration, job.source),
         }
 

@@ -30,7 +30,6 @@ import os
 import pickle
 import re
 import secrets
-import tempfile
 import threading
 import unicodedata
 from collections import Counter, OrderedDict
@@ -43,7 +42,8 @@ from typing import Any, Iterator
 import numpy as np
 import soundfile as sf
 
-from audio_io import audio_fingerprint
+from atomic_files import fsync_dir, write_partial
+from audio_io import SOUNDFILE_SUFFIXES, audio_fingerprint
 from job_errors import JobError, VoiceLibraryError, VoiceNotFoundError
 
 try:  # numpy 1.x; numpy 2 moved the module to numpy._core
@@ -66,7 +66,6 @@ CATALOG_FILENAME = "voice_catalog.json"
 NAME_MAPPING_FILENAME = "name_mapping.json"
 LOCK_FILENAME = ".voice_library.lock"
 DEFAULT_VOICE_SUBDIR = "voice_embeddings"
-TEMP_FILE_PREFIX = ".tmp-"
 
 # Legacy clips are 24 kHz; a payload or catalog entry without a rate is taken as that.
 LEGACY_SAMPLE_RATE = 24000
@@ -93,7 +92,6 @@ CLOSE_MATCH_COUNT = 3
 CLOSE_MATCH_CUTOFF = 0.6
 
 PICKLE_SUFFIXES = (".pkl.gz", ".pkl")
-SOUNDFILE_SUFFIXES = (".flac", ".wav", ".ogg")
 NPZ_SUFFIX = ".npz"
 
 # The only globals a legacy voice pickle refers to. Both spellings of the array
@@ -291,37 +289,6 @@ def read_voice_file(path: Path, rel: str, default_rate: int = LEGACY_SAMPLE_RATE
     if name.endswith(NPZ_SUFFIX):
         return _read_npz_voice(path, rel, default_rate)
     raise VoiceLibraryError("voice_id", f"{rel} has an unsupported file type")
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every filesystem allows opening a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_temp(directory: Path, suffix: str, data: bytes) -> Path:
-    """Write ``data`` to a fsynced temp file in ``directory``, ready for os.replace."""
-    fd, name = tempfile.mkstemp(prefix=TEMP_FILE_PREFIX, suffix=suffix, dir=directory)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600; other workers on a shared volume must read the file.
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -760,7 +727,7 @@ class OptimizedVoiceLibrary:
         sf.write(encoded, audio, rate, format=NEW_VOICE_FORMAT, subtype=NEW_VOICE_SUBTYPE)
         # Every file is complete on disk before any is swapped in, so a crash or a full
         # disk leaves the old library intact.
-        temps: list[Path] = []
+        partials: list[Path] = []
         existed_before = path.exists()
         replaced_audio = False
         try:
@@ -769,25 +736,25 @@ class OptimizedVoiceLibrary:
                 (self.library_dir, ".json", _json_bytes(new_entries)),
                 (self.library_dir, ".json", _json_bytes(mapping)),
             ):
-                temps.append(_write_temp(directory, suffix, data))
-            audio_tmp, catalog_tmp, mapping_tmp = temps
-            os.replace(audio_tmp, path)
+                partials.append(write_partial(directory, suffix, data))
+            audio_partial, catalog_partial, mapping_partial = partials
+            os.replace(audio_partial, path)
             replaced_audio = True
-            os.replace(catalog_tmp, self.catalog_path)
+            os.replace(catalog_partial, self.catalog_path)
         except BaseException:
-            for tmp in temps:
-                tmp.unlink(missing_ok=True)
+            for partial in partials:
+                partial.unlink(missing_ok=True)
             if replaced_audio and not existed_before:
                 path.unlink(missing_ok=True)  # the catalog never listed it
             raise
         try:
-            os.replace(mapping_tmp, self.mapping_path)
+            os.replace(mapping_partial, self.mapping_path)
         except OSError as exc:
             # The voice is saved and found by speaker name; only the index is stale.
-            mapping_tmp.unlink(missing_ok=True)
+            mapping_partial.unlink(missing_ok=True)
             logger.warning("Saved voice %s but could not update %s: %s", voice_id, self.mapping_path, exc)
-        _fsync_dir(path.parent)
-        _fsync_dir(self.library_dir)
+        fsync_dir(path.parent)
+        fsync_dir(self.library_dir)
 
         with self._lock:
             self._install_state(_CatalogState(

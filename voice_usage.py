@@ -4,7 +4,7 @@ Start-up preloading (``PRELOAD_VOICES=N``) prepares the N most-used voices first
 counts must outlive a worker and add up across the workers of an endpoint. Jobs only bump
 an in-memory counter; a background thread merges the counts into ``voice_usage.json``
 beside the voice catalog every ``VOICE_USAGE_FLUSH_SECONDS``, under an exclusive lock and
-with an atomic rename, so a job never waits on, or writes to, the file system.
+with an atomic rename (``atomic_files``), so a job never waits on, or writes to, the file system.
 """
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections import Counter
 from pathlib import Path
+
+from atomic_files import write_replacing
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +83,7 @@ class VoiceUsage:
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)  # other workers on the volume merge one at a time
                 merged = _read_counts(self.path) + delta
-                fd, tmp = tempfile.mkstemp(prefix=".tmp-usage-", dir=self.path.parent)
-                try:
-                    with os.fdopen(fd, "w", encoding="utf-8") as out:
-                        json.dump(dict(merged), out, sort_keys=True)
-                    os.replace(tmp, self.path)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+                write_replacing(self.path, json.dumps(dict(merged), sort_keys=True).encode("utf-8"))
             finally:
                 os.close(lock_fd)
             return True

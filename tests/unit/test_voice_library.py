@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 import optimized_voice_library as ovl  # noqa: E402
+from atomic_files import PARTIAL_PREFIX  # noqa: E402
 from job_errors import JobError, VoiceLibraryError, VoiceNotFoundError  # noqa: E402
 from optimized_voice_library import OptimizedVoiceLibrary, VoiceAudio  # noqa: E402
 
@@ -75,7 +76,7 @@ def build_legacy_library(root: Path, voices: list[tuple[str, str, str]], mapping
 
 
 def temp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.startswith(ovl.TEMP_FILE_PREFIX)]
+    return [p for p in root.rglob("*") if p.name.startswith(PARTIAL_PREFIX)]
 
 
 class RunCommand:
