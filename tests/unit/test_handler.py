@@ -317,3 +317,21 @@ def test_preload_prepares_library_voices(worker, stub_model):
     assert worker.preload("2", max_seconds=60) == 2
     assert stub_model.conditionals_calls == 2 and worker.cache.stats()["entries"] == 2
     assert worker.preload("all", max_seconds=0) == 0  # the time bound is honoured
+
+
+def test_rules_across_fields_name_the_field_the_client_sent(run_job):
+    """Errors start with the field to fix, even when a rule spans several fields."""
+    from audio_samples import make_wav_b64
+
+    audio = make_wav_b64(seconds=6.0)
+    cases = [
+        ({"operation": "upload_voice", "voice_name": "None", "reference_audio": audio}, "voice_name"),
+        ({"operation": "voice_cloning", "voice_name": "none", "reference_audio": audio}, "voice_name"),
+        ({"operation": "voice_transfer", "transfer_mode": "audio", "input_audio": audio,
+          "target_audio": audio, "voice_id": "de16e46c"}, "voice_id"),
+        ({"operation": "voice_transfer", "transfer_mode": "audio", "input_audio": audio,
+          "target_audio": audio, "voice_name": "Amy"}, "voice_name"),
+    ]
+    for job, field in cases:
+        result = run_job(job)
+        assert set(result) == {"error"} and result["error"].startswith(f"{field}: "), (job, result)

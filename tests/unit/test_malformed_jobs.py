@@ -340,6 +340,8 @@ VOICE_TRANSFER_CASES = [
     case(transfer("audio"), "target_audio", "transfer-audio-target_audio-missing"),
     case(transfer("audio", target_audio=GOOD_AUDIO, voice_name="Amy"), "voice_name",
          "transfer-audio-with-voice_name"),
+    case(transfer("audio", target_audio=GOOD_AUDIO, voice_id=AMY_ID), "voice_id",
+         "transfer-audio-voice_id-given"),
     case(transfer("audio", target_audio=NOT_BASE64), "target_audio", "transfer-audio-target_audio-not-base64"),
     case(transfer("audio", target_audio=SILENT_AUDIO), "target_audio", "transfer-audio-target_audio-silent"),
     case(transfer("audio", target_audio=TRUNCATED_HEADER_WAV), "target_audio",
