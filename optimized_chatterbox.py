@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
 from chatterbox.models.t3.modules.cond_enc import T3Cond
 from chatterbox.tts import ChatterboxTTS, Conditionals, punc_norm
 from safetensors.torch import load_file, save_file
+from settings import get_settings
 from transformers.generation.logits_process import (
     MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
@@ -37,9 +37,6 @@ logger = logging.getLogger(__name__)
 MODEL_VARIANT = "standard"
 # Speech-token ids at or above this are control tokens, not audio (the library's own cut).
 SPEECH_VOCAB_SIZE = 6561
-# The library hard-codes 1000 new speech tokens (about 40 s of audio).
-LIBRARY_MAX_NEW_TOKENS = 1000
-DEFAULT_MAX_NEW_TOKENS = int(os.environ.get("CHATTERBOX_MAX_NEW_TOKENS", LIBRARY_MAX_NEW_TOKENS))
 # Streaming decodes each window of new tokens together with this many earlier tokens, so the
 # vocoder sees context across the seam; the context's own audio is cut off again.
 STREAM_CONTEXT_TOKENS = 25
@@ -72,7 +69,12 @@ def pad_to_decodable(speech_tokens: torch.Tensor) -> torch.Tensor:
 
 
 def default_device() -> str:
-    return os.environ.get("CHATTERBOX_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return get_settings().chatterbox_device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def token_cap(max_new_tokens: int | None) -> int:
+    """A job's speech-token cap, or the configured default."""
+    return max_new_tokens or get_settings().chatterbox_max_new_tokens
 
 
 def seed_everything(seed: int) -> None:
@@ -241,6 +243,16 @@ class ArrayConditioningMixin:
     variant: str = MODEL_VARIANT
     # The library refuses shorter prompts for some variants (Turbo: more than 5 s).
     min_prompt_seconds: float = 0.0
+    # The directory the weights came from (the hub's snapshot too): the conditionals
+    # cache keys its disk tier by a fingerprint of these files.
+    checkpoint_dir: Path | None = None
+
+    @classmethod
+    def from_local(cls, ckpt_dir, device, *args, **kwargs):
+        # from_pretrained ends in from_local on the downloaded snapshot, so both paths land here.
+        model = super().from_local(ckpt_dir, device, *args, **kwargs)
+        model.checkpoint_dir = Path(ckpt_dir)
+        return model
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -357,7 +369,7 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
             speech_tokens = self.t3.inference(
                 t3_cond=call.t3,
                 text_tokens=text_tokens,
-                max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                max_new_tokens=token_cap(max_new_tokens),
                 temperature=temperature,
                 cfg_weight=cfg_weight,
                 repetition_penalty=repetition_penalty,
@@ -440,7 +452,7 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
             sampler = self._sample_speech_tokens(
                 call.t3,
                 text_tokens,
-                max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                max_new_tokens=token_cap(max_new_tokens),
                 temperature=temperature,
                 cfg_weight=cfg_weight,
                 repetition_penalty=repetition_penalty,
@@ -527,7 +539,7 @@ class ConditionalsCodec:
 def create_optimized_tts(device: str | None = None, ckpt_dir: str | Path | None = None) -> OptimizedChatterboxTTS:
     """Load the model: from ``CHATTERBOX_CKPT_DIR`` when set, else from the hub."""
     device = device or default_device()
-    ckpt_dir = ckpt_dir or os.environ.get("CHATTERBOX_CKPT_DIR")
+    ckpt_dir = ckpt_dir or get_settings().checkpoint_dir(MODEL_VARIANT)
     if ckpt_dir:
         logger.info("loading Chatterbox from %s on %s", ckpt_dir, device)
         return OptimizedChatterboxTTS.from_local(ckpt_dir, device)

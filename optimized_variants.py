@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from chatterbox.mtl_tts import punc_norm as multilingual_punc_norm
 from chatterbox.tts import Conditionals
 from chatterbox.tts_turbo import ChatterboxTurboTTS
 from chatterbox.tts_turbo import punc_norm as turbo_punc_norm
+from settings import get_settings
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -38,11 +38,11 @@ from transformers.generation.logits_process import (
 )
 
 from optimized_chatterbox import (
-    DEFAULT_MAX_NEW_TOKENS,
     SPEECH_VOCAB_SIZE,
     ArrayConditioningMixin,
     cfg_text_batch,
     default_device,
+    token_cap,
     sample_speech_tokens,
     seed_everything,
     stream_windows,
@@ -165,7 +165,7 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
             speech_tokens = self.t3.inference(
                 t3_cond=call.t3,
                 text_tokens=text_tokens,
-                max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                max_new_tokens=token_cap(max_new_tokens),
                 temperature=temperature,
                 cfg_weight=cfg_weight,
                 repetition_penalty=repetition_penalty,
@@ -222,7 +222,7 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
             sampler = self._sample_speech_tokens(
                 call.t3,
                 text_tokens,
-                max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                max_new_tokens=token_cap(max_new_tokens),
                 temperature=temperature,
                 cfg_weight=cfg_weight,
                 repetition_penalty=repetition_penalty,
@@ -260,7 +260,7 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
     @staticmethod
     def _max_gen_len(max_new_tokens: int | None) -> int:
         # inference_turbo draws one token before its loop of max_gen_len steps.
-        return max((max_new_tokens or DEFAULT_MAX_NEW_TOKENS) - 1, 0)
+        return max(token_cap(max_new_tokens) - 1, 0)
 
     @staticmethod
     def _check_unsupported(language_id: str | None, cfg_weight: float, exaggeration: float, min_p: float) -> None:
@@ -428,7 +428,7 @@ def create_variant_tts(
     if cls is None:
         raise ValueError(f"unknown model variant {variant!r}; choose from {', '.join(VARIANT_CLASSES)}")
     device = device or default_device()
-    ckpt_dir = ckpt_dir or os.environ.get(CKPT_DIR_ENV[variant])
+    ckpt_dir = ckpt_dir or get_settings().checkpoint_dir(variant)
     if ckpt_dir:
         logger.info("loading Chatterbox %s from %s on %s", variant, ckpt_dir, device)
         return cls.from_local(ckpt_dir, device)

@@ -1,0 +1,27 @@
+"""Limits of the job contract and units, defined once; every module imports them from here."""
+from __future__ import annotations
+
+MB = 1024 * 1024
+MS_PER_SECOND = 1000.0
+
+# The model's own output rate (S3Gen); saved voices are stored at it too.
+MODEL_SAMPLE_RATE = 24000
+# Speech tokens per second of audio (S3 tokenizer rate).
+SPEECH_TOKENS_PER_SECOND = 25
+
+# The library hard-codes 1000 new speech tokens per call (about 40 s of audio).
+LIBRARY_MAX_NEW_TOKENS = 1000
+
+MAX_TEXT_CHARS = 5000
+MAX_NAME_CHARS = 100
+MAX_DESCRIPTION_CHARS = 1000
+MAX_GENDER_CHARS = 32
+MAX_SEED = 2**32 - 1
+
+# Output formats a job may ask for, with their file extensions and MIME types.
+OUTPUT_FORMATS = ("wav", "flac", "mp3", "ogg", "opus", "pcm_16")
+FILE_EXTENSIONS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "ogg": "ogg", "opus": "opus", "pcm_16": "pcm"}
+MIME_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
+              "opus": "audio/ogg; codecs=opus", "pcm_16": "audio/L16"}
+
+MODEL_VARIANTS = ("standard", "multilingual", "turbo")

@@ -1,0 +1,152 @@
+"""Every environment variable the worker reads, in one typed object built once at start-up.
+
+Nothing else in the worker reads ``os.environ``. Each setting has its default, its bounds
+and a one-line description (the README's configuration table lists exactly these). A bad
+value stops start-up with a :class:`SettingsError` that names the variable; the handler
+then answers every job with that message.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from limits import LIBRARY_MAX_NEW_TOKENS, MB, MODEL_VARIANTS
+
+# Where RunPod mounts a network volume; caches there survive worker replacement.
+RUNPOD_VOLUME = Path("/runpod-volume")
+_OFF = ("off", "none", "0", "false")
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message starts with the variable's name."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # -- models ------------------------------------------------------------------------
+    chatterbox_models: str = Field(
+        "standard", description="Models to load, comma-separated: standard, multilingual, turbo")
+    chatterbox_device: str | None = Field(
+        None, description="Torch device for the models; default cuda when available, else cpu")
+    chatterbox_ckpt_dir: Path | None = Field(
+        None, description="Local checkpoint of the standard model; default the model hub (baked into the image)")
+    chatterbox_multilingual_ckpt_dir: Path | None = Field(
+        None, description="Local checkpoint of the multilingual model")
+    chatterbox_turbo_ckpt_dir: Path | None = Field(None, description="Local checkpoint of the Turbo model")
+    chatterbox_max_new_tokens: int = Field(
+        LIBRARY_MAX_NEW_TOKENS, ge=1, le=LIBRARY_MAX_NEW_TOKENS,
+        description="Speech-token cap per text chunk when a job sets no max_new_tokens")
+
+    # -- jobs --------------------------------------------------------------------------
+    stream_results: bool = Field(
+        False, description="Register the generator handler: tts jobs stream audio chunks on /stream")
+    reject_unknown_fields: bool = Field(
+        True, description="Refuse jobs with fields outside the contract (false: ignore them with a warning)")
+    tts_chunk_max_chars: int = Field(
+        300, ge=20, le=5000, description="Longest text chunk spoken in one model call")
+    max_audio_base64_mb: float = Field(
+        10.0, gt=0, le=100, description="Largest base64 audio field a job may carry")
+    max_result_mb: float = Field(
+        10.0, gt=0, le=20, description="Largest inline base64 result; larger audio goes to the bucket")
+    bucket_endpoint_url: str | None = Field(
+        None, description="RunPod bucket for results over MAX_RESULT_MB (with the other BUCKET_* variables)")
+    log_level: str = Field("INFO", description="Python logging level")
+
+    # -- voice library -----------------------------------------------------------------
+    voice_library_dir: Path | None = Field(
+        None, description="Directory holding voice_catalog.json; default the shipped demo library")
+    voice_cache_max_voices: int = Field(32, ge=0, description="Decoded voice clips kept in memory")
+    voice_cache_max_mb: float = Field(512.0, ge=0, description="Memory bound of the decoded voice clips")
+    voice_usage_flush_seconds: float = Field(
+        60.0, gt=0, description="How often per-voice job counts are merged into voice_usage.json")
+    preload_voices: str = Field(
+        "", description="Voices to prepare at start-up, most used first: a count, 'all', or empty for none")
+    preload_max_seconds: float = Field(300.0, gt=0, description="Time limit of start-up preloading")
+
+    # -- conditionals cache ------------------------------------------------------------
+    conditionals_cache_dir: str | None = Field(
+        None, description="Disk tier of the conditionals cache; 'off' disables it; default the network "
+                          "volume, else ~/.cache")
+    conditionals_cache_max_mb: float = Field(512.0, ge=0, description="Memory bound of the conditionals cache")
+    conditionals_disk_max_mb: float = Field(
+        2048.0, ge=0, description="Disk bound of the conditionals cache, shared by every worker on the volume")
+
+    @field_validator("chatterbox_models")
+    @classmethod
+    def _known_models(cls, value: str) -> str:
+        names = [n.strip().lower() for n in value.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(MODEL_VARIANTS))
+        if unknown or not names:
+            raise ValueError(f"{value!r}: choose from {', '.join(MODEL_VARIANTS)}")
+        return ",".join(dict.fromkeys(names))
+
+    @field_validator("preload_voices")
+    @classmethod
+    def _preload(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value and value != "all" and not (value.isdigit() and int(value) > 0):
+            raise ValueError(f"{value!r}: give a positive count, 'all', or leave it empty")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if not isinstance(logging.getLevelName(value.upper()), int):
+            raise ValueError(f"{value!r} is not a logging level")
+        return value.upper()
+
+    # -- derived values ----------------------------------------------------------------
+
+    @property
+    def models(self) -> list[str]:
+        return self.chatterbox_models.split(",")
+
+    def checkpoint_dir(self, variant: str) -> Path | None:
+        return {"standard": self.chatterbox_ckpt_dir,
+                "multilingual": self.chatterbox_multilingual_ckpt_dir,
+                "turbo": self.chatterbox_turbo_ckpt_dir}[variant]
+
+    @property
+    def conditionals_disk_dir(self) -> Path | None:
+        configured = self.conditionals_cache_dir
+        if configured:
+            return None if configured.strip().lower() in _OFF else Path(configured).expanduser()
+        if RUNPOD_VOLUME.is_dir():
+            return RUNPOD_VOLUME / "chatterbox-worker" / "conditionals"
+        return Path.home() / ".cache" / "chatterbox-worker" / "conditionals"
+
+    @staticmethod
+    def env_name(field: str) -> str:
+        return field.upper()
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        name = Settings.env_name(str(error["loc"][0])) if error["loc"] else "settings"
+        parts.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def reload_settings() -> Settings:
+    """Read the environment again (tests change it between cases)."""
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def mb_to_bytes(megabytes: float) -> int:
+    return int(megabytes * MB)
