@@ -5,7 +5,6 @@ import base64
 import binascii
 import hashlib
 import io
-import os
 import re
 from dataclasses import dataclass
 
@@ -13,10 +12,9 @@ import numpy as np
 import soundfile as sf
 
 from job_errors import JobError
+from limits import MB, OUTPUT_FORMATS
+from settings import get_settings, mb_to_bytes
 
-MODEL_SAMPLE_RATE = 24000
-MB = 1024 * 1024
-MAX_AUDIO_BASE64_BYTES = int(float(os.environ.get("MAX_AUDIO_BASE64_MB", "10")) * MB)
 # Below this peak an upload is silence (or a digital-zero file): nothing to clone.
 SILENCE_PEAK = 1e-4
 PEAK_TARGET = 0.95
@@ -26,9 +24,6 @@ PAUSE_MS = 120.0
 ACCEPTED_FORMATS = "WAV, FLAC, OGG (Vorbis/Opus) or MP3"
 # Stored voice files that libsndfile reads, by file name ending.
 SOUNDFILE_SUFFIXES = (".flac", ".wav", ".ogg")
-OUTPUT_FORMATS = ("wav", "flac", "mp3", "ogg", "opus", "pcm_16")
-MIME_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
-              "opus": "audio/ogg; codecs=opus", "pcm_16": "audio/L16"}
 # libsndfile container and subtype per output format.
 _SOUNDFILE_FORMATS = {
     "wav": ("WAV", "PCM_16"),
@@ -89,9 +84,11 @@ def _base64_payload(data: object, field: str, max_base64_bytes: int) -> bytes:
         raise JobError(field, "is not valid base64") from None
 
 
-def decode_audio_base64(data: object, field: str, *, max_base64_bytes: int = MAX_AUDIO_BASE64_BYTES,
+def decode_audio_base64(data: object, field: str, *, max_base64_bytes: int | None = None,
                         min_seconds: float | None = None) -> DecodedAudio:
     """Decode a base64 audio file from a job field into mono float32 at its own rate."""
+    if max_base64_bytes is None:
+        max_base64_bytes = mb_to_bytes(get_settings().max_audio_base64_mb)
     raw = _base64_payload(data, field, max_base64_bytes)
     try:
         samples, sample_rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
@@ -164,9 +161,13 @@ def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str = "wav") -> byt
     return buf.getvalue()
 
 
-def encode_audio_base64(samples: np.ndarray, sample_rate: int, fmt: str = "wav") -> str:
+def to_base64(data: bytes) -> str:
     """Base64 text, never bytes: RunPod silently drops a result that contains bytes."""
-    return base64.b64encode(encode_audio(samples, sample_rate, fmt)).decode("ascii")
+    return base64.b64encode(data).decode("ascii")
+
+
+def encode_audio_base64(samples: np.ndarray, sample_rate: int, fmt: str = "wav") -> str:
+    return to_base64(encode_audio(samples, sample_rate, fmt))
 
 
 def join_audio_chunks(chunks: list[np.ndarray], sample_rate: int, *, crossfade_ms: float = CROSSFADE_MS,

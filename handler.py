@@ -2,42 +2,26 @@
 
 Run one job:      python handler.py --test_input '{"input": {"text": "Hello"}}'
 Serve on RunPod:  python -u handler.py
-The job contract lives in request_schema.py and the job types in job_operations.py.
+The job contract lives in request_schema.py; the operations and their registry in operations/.
 """
 from __future__ import annotations
 
 import atexit
 import logging
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from job_errors import JobError, ServiceUnavailableError
-from request_schema import TTSRequest, parse_request
+import operations
+from job_errors import JobError, ServerError, ServiceUnavailableError
+from settings import SettingsError, get_settings
 
 logger = logging.getLogger("chatterbox_worker")
 
-DEFAULT_MODELS = "standard"
-# Voices prepared in the background at start-up ("all" or a count); readiness never waits.
-PRELOAD_VOICES = os.environ.get("PRELOAD_VOICES", "")
-PRELOAD_MAX_SECONDS = float(os.environ.get("PRELOAD_MAX_SECONDS", "300"))
 _worker = None
 _worker_error: str | None = None
 _worker_lock = threading.Lock()
-
-
-MODEL_VARIANTS = ("standard", "multilingual", "turbo")
-
-
-def enabled_models() -> list[str]:
-    names = [n.strip().lower() for n in os.environ.get("CHATTERBOX_MODELS", DEFAULT_MODELS).split(",") if n.strip()]
-    unknown = sorted(set(names) - set(MODEL_VARIANTS))
-    if unknown or not names:
-        raise ValueError(f"CHATTERBOX_MODELS={os.environ.get('CHATTERBOX_MODELS')!r}: "
-                         f"choose from {', '.join(MODEL_VARIANTS)}")
-    return list(dict.fromkeys(names))
 
 
 def load_model(variant: str):
@@ -54,22 +38,28 @@ def load_worker():
     """Load the model(s), the voice library and the conditionals cache."""
     # Imported here: torch and chatterbox take seconds to import, and the unit tests
     # (which import this module) run without them.
-    from conditionals_cache import ConditionalsCache, default_cache_dir
-    from job_operations import Worker
+    from checkpoint_fingerprint import fingerprint_checkpoint
+    from conditionals_cache import ConditionalsCache
     from optimized_chatterbox import ConditionalsCodec
     from optimized_voice_library import initialize_optimized_voice_library
+    from voice_preload import preload_voices
     from voice_usage import USAGE_FILENAME, VoiceUsage
+    from worker import Worker
 
-    models = {name: load_model(name) for name in enabled_models()}
+    settings = get_settings()
+    models = {name: load_model(name) for name in settings.models}
     device = next(iter(models.values())).device
-    cache = ConditionalsCache(ConditionalsCodec(device), disk_dir=default_cache_dir())
+    cache = ConditionalsCache(ConditionalsCodec(device), disk_dir=settings.conditionals_disk_dir,
+                              model_versions={name: fingerprint_checkpoint(model.checkpoint_dir)
+                                              for name, model in models.items()})
     library = initialize_optimized_voice_library()
     usage = VoiceUsage(library.library_dir / USAGE_FILENAME)
     usage.start()
     atexit.register(usage.stop)
+    atexit.register(cache.flush)
     worker = Worker(models, library, cache, usage=usage)
-    if PRELOAD_VOICES:
-        threading.Thread(target=worker.preload, args=(PRELOAD_VOICES, PRELOAD_MAX_SECONDS),
+    if settings.preload_voices:
+        threading.Thread(target=preload_voices, args=(worker, settings.preload_voices, settings.preload_max_seconds),
                          name="preload-voices", daemon=True).start()
     return worker
 
@@ -82,11 +72,17 @@ def service_unavailable(exc: Exception) -> dict[str, Any]:
 
 def error_response(exc: Exception) -> dict[str, Any]:
     """The one error shape: a job's fault names its field; anything else says what broke."""
+    if isinstance(exc, ServerError):
+        logger.error("job failed on the server's side", exc_info=exc)
+        return exc.to_response()
     if isinstance(exc, JobError):
         logger.info("rejected job: %s", exc)
         return exc.to_response()
     if isinstance(exc, ServiceUnavailableError):
         return service_unavailable(exc)
+    if isinstance(exc, SettingsError):  # a bad variable read after start-up: every job says which
+        logger.error("bad configuration: %s", exc)
+        return {"error": f"service: bad configuration: {exc}"}
     logger.error("job failed", exc_info=exc)
     return {"error": f"internal: {type(exc).__name__}: {exc}"}
 
@@ -98,6 +94,9 @@ def get_worker():
         if _worker is None and _worker_error is None:
             try:
                 _worker = load_worker()
+            except SettingsError as exc:  # names the variable to fix
+                logger.error("bad configuration: %s", exc)
+                _worker_error = str(exc)
             except Exception as exc:  # the worker must answer every job, even now
                 logger.exception("the worker could not start")
                 _worker_error = f"{type(exc).__name__}: {exc}"
@@ -110,11 +109,8 @@ def run_job(job_input: Any, worker_source: Callable[[], Any],
             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Validate and run one job's input; every failure becomes ``{"error": str}``."""
     try:
-        request, warnings = parse_request(job_input)
-        result = worker_source().run(request, progress)
-        if warnings:
-            result["warnings"] = warnings
-        return result
+        job = operations.parse_request(job_input)
+        return operations.run(worker_source(), job, progress)
     except Exception as exc:  # the worker must answer every job, and keep serving
         return error_response(exc)
 
@@ -143,16 +139,18 @@ def stream_handler(job: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """
     job_input = job.get("input") if isinstance(job, dict) else None
     try:
-        request, warnings = parse_request(job_input)
-        if not isinstance(request, TTSRequest):
-            yield handle(job_input)
-            return
-        for item in get_worker().tts_stream(request):
-            if warnings and "metrics" in item:
-                item["warnings"] = warnings
-            yield item
+        parsed = operations.parse_request(job_input)
+        yield from operations.stream(get_worker(), parsed)
     except Exception as exc:  # the worker must answer every job, and keep serving
         yield error_response(exc)
+
+
+def configure_logging() -> None:
+    try:
+        level = get_settings().log_level
+    except SettingsError:
+        level = "INFO"  # the bad setting is reported by every job
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def serverless_config(argv: list[str]) -> dict[str, Any]:
@@ -160,8 +158,7 @@ def serverless_config(argv: list[str]) -> dict[str, Any]:
 
     ``--test_input`` never iterates a generator, so a local test run always uses the dict one.
     """
-    streaming = os.environ.get("STREAM_RESULTS", "").lower() in ("1", "true", "yes")
-    if streaming and "--test_input" not in argv:
+    if get_settings().stream_results and "--test_input" not in argv:
         return {"handler": stream_handler, "return_aggregate_stream": True}
     return {"handler": handler}
 
@@ -169,10 +166,13 @@ def serverless_config(argv: list[str]) -> dict[str, Any]:
 if __name__ == "__main__":
     import runpod
 
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         get_worker()  # load before the first job, so readiness means ready
     except ServiceUnavailableError:
         pass  # every job will say why, and ask RunPod to replace this worker
-    runpod.serverless.start(serverless_config(sys.argv))
+    try:
+        config = serverless_config(sys.argv)
+    except SettingsError:
+        config = {"handler": handler}  # every job answers with the bad setting
+    runpod.serverless.start(config)

@@ -48,9 +48,9 @@ def file_conditionals(model, prompt, exaggeration: float, use_cache: bool) -> tu
 
 
 def load_worker():
-    from job_operations import Worker
     from optimized_chatterbox import create_optimized_tts
     from optimized_voice_library import initialize_optimized_voice_library
+    from worker import Worker
 
     models = {"standard": create_optimized_tts()}
     return Worker(models, initialize_optimized_voice_library(), cache=None, conditioner=file_conditionals)
@@ -76,5 +76,5 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
 if __name__ == "__main__":
     import runpod
 
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
+    optimized_handler.configure_logging()
     runpod.serverless.start({"handler": handler})

@@ -1,11 +1,17 @@
-"""The one error shape every job failure takes.
+"""The one error shape every job failure takes, and whose fault it was.
 
-RunPod drops a result whose ``error`` is not a string, so every failure a client can
-cause is raised as :class:`JobError` and turned into ``{"error": "<field>: <why>"}``
-at the handler boundary. The field comes first so that clients and logs can tell at
-a glance which part of the job to fix.
+RunPod drops a result whose ``error`` is not a string, so every failure is turned into
+``{"error": "<field>: <why>"}`` at the handler boundary. The field comes first so that
+clients and logs can tell at a glance which part of the job to fix.
+
+A :class:`ServerError` is the worker's fault, not the job's (out of memory, an unwritable
+library, a corrupt voice file on disk). Its message starts with :data:`SERVER_PREFIX`, a
+stable marker a client can test to decide whether to retry; the worker itself only ever
+looks at the exception's type.
 """
 from __future__ import annotations
+
+SERVER_PREFIX = "server"
 
 
 class JobError(Exception):
@@ -20,12 +26,23 @@ class JobError(Exception):
         return {"error": str(self)}
 
 
+class ServerError(JobError):
+    """A failure of one job that the worker caused; the same job may succeed on a retry."""
+
+    def to_response(self) -> dict[str, str]:
+        return {"error": f"{SERVER_PREFIX}: {self}"}
+
+
 class VoiceNotFoundError(JobError):
     """A voice id or name that the library does not hold."""
 
 
-class VoiceLibraryError(JobError):
-    """A voice the library lists but cannot serve (missing, corrupt or unsafe file)."""
+class VoiceLibraryError(ServerError):
+    """A voice the library lists but cannot serve, or a library it cannot write."""
+
+
+class OutOfMemoryJobError(ServerError):
+    """The device ran out of memory even after the worker freed what it could."""
 
 
 class ServiceUnavailableError(Exception):

@@ -2,28 +2,32 @@
 
 Every field the deployed worker accepted is accepted here, with the same defaults.
 A rejected job becomes a :class:`JobError` naming the field and the rule it broke.
+Which operation takes which model is the operation registry's business (``operations``).
 """
 from __future__ import annotations
 
-import os
 import re
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from job_errors import JobError
-
-MAX_TEXT_CHARS = 5000
-MAX_NAME_CHARS = 100
-MAX_DESCRIPTION_CHARS = 1000
-MAX_SEED = 2**32 - 1
-LIBRARY_MAX_NEW_TOKENS = 1000
+from limits import (
+    LIBRARY_MAX_NEW_TOKENS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_GENDER_CHARS,
+    MAX_NAME_CHARS,
+    MAX_SEED,
+    MAX_TEXT_CHARS,
+    MODEL_VARIANTS,
+    OUTPUT_FORMATS,
+)
 DEFAULT_SAMPLE_TEXT = "Hello! This is a sample of my cloned voice, ready for text to speech."
 # Clients of the old worker echo back "none" for a voice they did not set.
 _ABSENT = {"", "none", "null"}
 
-OutputFormat = Literal["wav", "flac", "mp3", "ogg", "opus", "pcm_16"]
-ModelVariant = Literal["standard", "multilingual", "turbo"]
+OutputFormat = Literal[OUTPUT_FORMATS]
+ModelVariant = Literal[MODEL_VARIANTS]
 Exaggeration = Annotated[float, Field(ge=0.0, le=2.0)]
 CfgWeight = Annotated[float, Field(ge=0.0, le=3.0)]
 Temperature = Annotated[float, Field(gt=0.0, le=5.0)]
@@ -33,6 +37,7 @@ OutputSampleRate = Annotated[int, Field(ge=8000, le=48000)]
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
 VoiceName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS)]
+Gender = Annotated[str, Field(min_length=1, max_length=MAX_GENDER_CHARS)]
 
 
 # chatterbox.mtl_tts.SUPPORTED_LANGUAGES, copied so that validation needs no torch; an
@@ -42,10 +47,6 @@ SUPPORTED_LANGUAGE_IDS = (
     "ko", "ms", "nl", "no", "pl", "pt", "ru", "sv", "sw", "tr", "zh",
 )
 DEFAULT_LANGUAGE_ID = "en"
-
-
-def reject_unknown_fields() -> bool:
-    return os.environ.get("REJECT_UNKNOWN_FIELDS", "true").lower() not in ("0", "false", "no")
 
 
 class _Request(BaseModel):
@@ -167,7 +168,7 @@ class VoiceCloningRequest(_Generation):
     reference_audio: str
     voice_name: VoiceName | None = None
     voice_description: Description = ""
-    gender: Annotated[str, Field(min_length=1, max_length=32)] = "unknown"
+    gender: Gender = "unknown"
     save_to_library: bool = True
     text: Text = DEFAULT_SAMPLE_TEXT
     exaggeration: Exaggeration = 0.5
@@ -193,7 +194,7 @@ class UploadVoiceRequest(_Request):
     voice_name: VoiceName
     reference_audio: str
     voice_description: Description = ""
-    gender: Annotated[str, Field(min_length=1, max_length=32)] = "unknown"
+    gender: Gender = "unknown"
 
     _check_name = field_validator("voice_name")(_savable_name)
 
@@ -205,7 +206,7 @@ class ListVoicesRequest(_Request):
 class SearchVoicesRequest(_Request):
     operation: Literal["search_local_voices"]
     query: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
-    gender: Annotated[str, Field(max_length=32)] | None = None
+    gender: Annotated[str, Field(max_length=MAX_GENDER_CHARS)] | None = None
 
 
 class VoiceConversionRequest(_Request):
@@ -255,29 +256,6 @@ class VoiceTransferRequest(_Request):
         return self
 
 
-Request = Union[
-    TTSRequest,
-    VoiceCloningRequest,
-    UploadVoiceRequest,
-    ListVoicesRequest,
-    SearchVoicesRequest,
-    VoiceConversionRequest,
-    VoiceTransferRequest,
-]
-
-REQUEST_MODELS: dict[str, type[_Request]] = {
-    "tts": TTSRequest,
-    "voice_cloning": VoiceCloningRequest,
-    "upload_voice": UploadVoiceRequest,
-    "list_local_voices": ListVoicesRequest,
-    "list_voices": ListVoicesRequest,
-    "search_local_voices": SearchVoicesRequest,
-    "voice_conversion": VoiceConversionRequest,
-    "voice_transfer": VoiceTransferRequest,
-}
-OPERATIONS = tuple(REQUEST_MODELS)
-
-
 def _field(error: dict, model: type[BaseModel]) -> str:
     """The field an error is about; a whole-model rule names the first field it mentions."""
     if error["loc"]:
@@ -294,16 +272,14 @@ def _describe(error: dict, model: type[BaseModel]) -> str:
     return f"{_field(error, model)}: {message}"
 
 
-def parse_request(raw: Any) -> tuple[Request, list[str]]:
-    """Validate a job's ``input``; returns the request and any warnings for the response."""
-    if not isinstance(raw, dict):
-        raise JobError("input", f"must be a JSON object, got {type(raw).__name__}")
-    operation = raw.get("operation", "tts")
-    if not isinstance(operation, str) or operation not in REQUEST_MODELS:
-        raise JobError("operation", f"unknown operation {operation!r}; expected one of {', '.join(OPERATIONS)}")
-    model = REQUEST_MODELS[operation]
+def validate_request(model: type[BaseModel], raw: dict[str, Any], *,
+                     reject_unknown: bool = True) -> tuple[BaseModel, list[str]]:
+    """``raw`` as ``model``; returns the request and warnings for fields it ignored.
+
+    Every rule a job breaks is reported; the error's field is the first one's.
+    """
     data, warnings = dict(raw), []
-    if not reject_unknown_fields():
+    if not reject_unknown:
         for name in sorted(set(data) - set(model.model_fields)):
             data.pop(name)
             warnings.append(f"{name}: unknown field ignored")

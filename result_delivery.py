@@ -6,20 +6,12 @@ URL; without a bucket, the job fails with an error that says which limit and wha
 """
 from __future__ import annotations
 
-import base64
-import os
 import uuid
 
+from audio_io import to_base64
 from job_errors import JobError
-
-MB = 1024 * 1024
-DEFAULT_RESULT_LIMIT_MB = 10.0  # /run's limit, the stricter of the two
-BUCKET_ENV = "BUCKET_ENDPOINT_URL"
-FILE_EXTENSIONS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "ogg": "ogg", "opus": "opus", "pcm_16": "pcm"}
-
-
-def result_limit_bytes() -> int:
-    return int(float(os.environ.get("MAX_RESULT_MB", DEFAULT_RESULT_LIMIT_MB)) * MB)
+from limits import FILE_EXTENSIONS, MB
+from settings import get_settings, mb_to_bytes
 
 
 def upload(data: bytes, fmt: str) -> str:
@@ -31,11 +23,12 @@ def upload(data: bytes, fmt: str) -> str:
 
 def deliver_audio(data: bytes, fmt: str, *, key: str = "audio") -> dict[str, str]:
     """``{key: base64}`` when it fits the result limit, else ``{key + "_url": url}``."""
-    encoded = base64.b64encode(data).decode("ascii")
-    limit = result_limit_bytes()
+    encoded = to_base64(data)
+    settings = get_settings()
+    limit = mb_to_bytes(settings.max_result_mb)
     if len(encoded) <= limit:
         return {key: encoded}
-    if os.environ.get(BUCKET_ENV):
+    if settings.bucket_endpoint_url:
         return {f"{key}_url": upload(data, fmt)}
     raise JobError("output_format", f"the {fmt} audio is {len(encoded) / MB:.1f} MB as base64, over the "
                                     f"{limit / MB:g} MB result limit of RunPod's /run; ask for output_format "

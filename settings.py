@@ -76,6 +76,20 @@ class Settings(BaseSettings):
     conditionals_disk_max_mb: float = Field(
         2048.0, ge=0, description="Disk bound of the conditionals cache, shared by every worker on the volume")
 
+    # -- decode engine -----------------------------------------------------------------
+    engine_max_slots: int = Field(
+        8, ge=1, le=64, description="Jobs per model that share one T3 decode step (continuous batching)")
+    engine_max_context_tokens: int = Field(
+        2048, ge=256, le=8192, description="KV cache length per job row: prompt, text and speech tokens")
+    engine_kv_memory_fraction: float = Field(
+        0.5, gt=0, le=0.95, description="Largest share of free GPU memory the T3 KV cache may take")
+    t3_dtype: str = Field(
+        "auto", pattern="^(auto|float32|bfloat16)$",
+        description="T3 backbone precision: auto (bfloat16 on a GPU that has it, else float32), float32, bfloat16")
+    cuda_graphs: str = Field(
+        "auto", pattern="^(auto|off)$",
+        description="Capture the T3 decode step as CUDA graphs at start-up (GPU only): auto or off")
+
     @field_validator("chatterbox_models")
     @classmethod
     def _known_models(cls, value: str) -> str:

@@ -214,7 +214,7 @@ def run(args) -> dict[str, Any]:
     import handler
     import handler_legacy
     from conditionals_cache import CacheKey, ConditionalsCache
-    from job_operations import Worker
+    from worker import Worker
     from optimized_chatterbox import ConditionalsCodec, create_optimized_tts
     from optimized_voice_library import OptimizedVoiceLibrary
     from voice_sources import library_voice

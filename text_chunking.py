@@ -5,10 +5,10 @@ speech per call, so long text is spoken chunk by chunk with one voice.
 """
 from __future__ import annotations
 
-import os
 import re
 
-DEFAULT_MAX_CHARS = int(os.environ.get("TTS_CHUNK_MAX_CHARS", "300"))
+from settings import get_settings
+
 ABBREVIATIONS = {
     "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "a.m", "p.m",
     "u.s", "no", "fig", "approx", "inc", "ltd", "co", "mt",
@@ -68,9 +68,11 @@ def _pack(pieces: list[str], max_chars: int) -> list[str]:
     return chunks
 
 
-def split_text(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
-    """Chunks of at most ``max_chars``; joined with single spaces they give back the
-    whitespace-normalised text (CJK sentences and over-long words gain a space at a cut)."""
+def split_text(text: str, max_chars: int | None = None) -> list[str]:
+    """Chunks of at most ``max_chars`` (default ``TTS_CHUNK_MAX_CHARS``); joined with single
+    spaces they give back the whitespace-normalised text (CJK sentences and over-long words
+    gain a space at a cut)."""
+    max_chars = max_chars or get_settings().tts_chunk_max_chars
     pieces: list[str] = []
     for sentence in split_sentences(text):
         pieces.extend(_split_long(sentence, max_chars) if len(sentence) > max_chars else [sentence])

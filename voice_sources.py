@@ -22,17 +22,12 @@ class VoicePrompt:
     source: str  # "library" or the name of the job field that carried the audio
     voice_id: str | None = None
     voice_name: str | None = None
+    # The job field that named this voice, to blame when the voice is at fault.
+    field: str = "reference_audio"
 
     @property
     def duration(self) -> float:
         return len(self.samples) / self.sample_rate
-
-    @property
-    def field(self) -> str:
-        """The job field to name when this voice is at fault."""
-        if self.source != "library":
-            return self.source
-        return "voice_id" if self.voice_name is None else "voice_name"
 
 
 def library_voice(library: OptimizedVoiceLibrary, *, voice_id: str | None = None,
@@ -40,7 +35,7 @@ def library_voice(library: OptimizedVoiceLibrary, *, voice_id: str | None = None
     voice = (library.get_voice_audio_direct(voice_id) if voice_id is not None
              else library.get_voice_audio_by_name_direct(voice_name))
     return VoicePrompt(voice.samples, voice.sample_rate, voice.content_hash, "library",
-                       voice.voice_id, voice.speaker_name)
+                       voice.voice_id, voice.speaker_name, field="voice_id" if voice_id is not None else "voice_name")
 
 
 def uploaded_voice(data: str, field: str, *, max_seconds: float,
@@ -48,7 +43,8 @@ def uploaded_voice(data: str, field: str, *, max_seconds: float,
     """Decode base64 audio from a job field, trimmed to its first ``max_seconds``."""
     decoded = decode_audio_base64(data, field, min_seconds=min_seconds)
     samples = trim_to_seconds(decoded.samples, decoded.sample_rate, max_seconds)
-    return VoicePrompt(samples, decoded.sample_rate, audio_fingerprint(samples, decoded.sample_rate), field)
+    return VoicePrompt(samples, decoded.sample_rate, audio_fingerprint(samples, decoded.sample_rate), field,
+                       field=field)
 
 
 def resolve_voice(library: OptimizedVoiceLibrary, *, voice_id: str | None = None,

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import handler_legacy
     from audio_io import decode_audio_base64
     from conditionals_cache import ConditionalsCache
-    from job_operations import Worker
+    from worker import Worker
     from optimized_chatterbox import ConditionalsCodec, create_optimized_tts
     from optimized_voice_library import OptimizedVoiceLibrary
 

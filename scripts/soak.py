@@ -61,7 +61,7 @@ PROGRESS_EVERY = 50
 FD_SLACK = 3
 MIB = 1024 * 1024
 ENV_SET_BY_SOAK = ("TMPDIR", "VOICE_LIBRARY_DIR", "CONDITIONALS_CACHE_DIR")
-QUIET_LOGGERS = ("chatterbox_worker", "job_operations", "optimized_voice_library", "conditionals_cache")
+QUIET_LOGGERS = ("chatterbox_worker", "speech_pipeline", "optimized_voice_library", "conditionals_cache")
 LIBRARY_FILES = ("voice_catalog.json", "name_mapping.json")
 LIBRARY_VOICE_DIR = "voice_embeddings"
 LIBRARY_VOICES = ("Amy", "Aaron", "Bella", "Christopher", "Dana", "Eric")
@@ -323,7 +323,7 @@ def copy_demo_library(target: Path) -> Path:
 def stub_worker(library_dir: Path, cache_dir: Path):
     """As tests/conftest.py assembles it: the stub model, a library copy, a small disk-backed cache."""
     from conditionals_cache import ConditionalsCache
-    from job_operations import Worker
+    from worker import Worker
     from optimized_voice_library import OptimizedVoiceLibrary
     from stub_model import StubCodec, StubModel
 

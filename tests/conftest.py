@@ -48,7 +48,7 @@ def cache(tmp_path):
 
 @pytest.fixture
 def worker(stub_model, library, cache):
-    from job_operations import Worker
+    from worker import Worker
 
     return Worker({"standard": stub_model}, library, cache)
 
@@ -66,6 +66,28 @@ def run_job(worker, monkeypatch):
         return result
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings(monkeypatch):
+    """The worker reads its settings once; a test that sets a variable gets them read again.
+
+    ``monkeypatch.setenv`` / ``delenv`` are wrapped so that the next ``get_settings()`` sees
+    the change, as a worker started with that environment would.
+    """
+    from settings import get_settings
+
+    def rereading(change):
+        def wrapped(*args, **kwargs):
+            change(*args, **kwargs)
+            get_settings.cache_clear()
+        return wrapped
+
+    monkeypatch.setenv = rereading(monkeypatch.setenv)
+    monkeypatch.delenv = rereading(monkeypatch.delenv)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture(autouse=True)

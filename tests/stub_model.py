@@ -48,7 +48,7 @@ def voice_tone(fingerprint: str) -> float:
 
 
 class StubModel:
-    """The OptimizedChatterboxTTS interface job_operations uses, without torch."""
+    """The OptimizedChatterboxTTS interface the speech pipeline uses, without torch."""
 
     sr = STUB_SR
     variant = "standard"

@@ -62,7 +62,7 @@ def short_library_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def real_worker(model, short_library_dir, tmp_path):
     from conditionals_cache import ConditionalsCache
-    from job_operations import Worker
+    from worker import Worker
     from optimized_chatterbox import ConditionalsCodec
     from optimized_voice_library import OptimizedVoiceLibrary
 

@@ -97,7 +97,7 @@ def test_legacy_handler_matches_optimized(real_worker, monkeypatch):
     """
     import handler
     import handler_legacy
-    from job_operations import Worker
+    from worker import Worker
 
     legacy_worker = Worker(real_worker.models, real_worker.library, cache=None,
                            conditioner=handler_legacy.file_conditionals)
@@ -116,7 +116,7 @@ def test_legacy_handler_matches_optimized(real_worker, monkeypatch):
 
 def test_legacy_removes_temp_file_when_the_model_fails(real_worker, monkeypatch):
     import handler_legacy
-    from job_operations import Worker
+    from worker import Worker
 
     class Exploding:
         sr, variant = 24000, "standard"

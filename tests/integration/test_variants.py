@@ -50,7 +50,7 @@ def speech() -> tuple[np.ndarray, int]:
 def variant_worker(model, variant_model, speech, tmp_path):
     """A worker with the standard model and one variant, over a one-voice library."""
     from conditionals_cache import ConditionalsCache
-    from job_operations import Worker
+    from worker import Worker
     from optimized_chatterbox import ConditionalsCodec
     from optimized_voice_library import OptimizedVoiceLibrary
 

@@ -19,10 +19,7 @@ import soundfile as sf
 
 from audio_io import (
     CROSSFADE_MS,
-    MAX_AUDIO_BASE64_BYTES,
-    MIME_TYPES,
     OPUS_RATES,
-    OUTPUT_FORMATS,
     PAUSE_MS,
     PEAK_TARGET,
     RMS_TARGET_DBFS,
@@ -39,6 +36,10 @@ from audio_io import (
 )
 from audio_samples import make_wav_b64
 from job_errors import JobError
+from limits import MIME_TYPES, OUTPUT_FORMATS
+from settings import Settings, mb_to_bytes
+
+MAX_AUDIO_BASE64_BYTES = mb_to_bytes(Settings.model_fields["max_audio_base64_mb"].default)
 
 FIELD = "target_speaker"  # any job field; errors must name the one they were given
 SR = 24000

@@ -22,7 +22,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from audio_samples import make_wav_b64
-from request_schema import OPERATIONS, REQUEST_MODELS, SUPPORTED_LANGUAGE_IDS
+from operations import OPERATIONS
+from request_schema import SUPPORTED_LANGUAGE_IDS
+
+REQUEST_MODELS = {name: op.request_model for name, op in OPERATIONS.items()}
 
 FUZZ_SETTINGS = settings(max_examples=300, deadline=None,
                          suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -301,7 +301,7 @@ def test_concurrent_jobs_never_swap_voices(run_job, library):
 def test_unit_tier_needs_no_torch():
     code = (
         "import sys, json; sys.path.insert(0, 'tests'); sys.path.insert(0, '.');"
-        "import handler, job_operations, conditionals_cache, request_schema, optimized_voice_library;"
+        "import handler, operations, worker, speech_pipeline, conditionals_cache, request_schema, optimized_voice_library;"
         "assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
@@ -314,9 +314,11 @@ def test_responses_are_plain_json(run_job):
 
 
 def test_preload_prepares_library_voices(worker, stub_model):
-    assert worker.preload("2", max_seconds=60) == 2
+    from voice_preload import preload_voices
+
+    assert preload_voices(worker, "2", max_seconds=60) == 2
     assert stub_model.conditionals_calls == 2 and worker.cache.stats()["entries"] == 2
-    assert worker.preload("all", max_seconds=0) == 0  # the time bound is honoured
+    assert preload_voices(worker, "all", max_seconds=0) == 0  # the time bound is honoured
 
 
 def test_rules_across_fields_name_the_field_the_client_sent(run_job):

@@ -20,14 +20,69 @@ def test_stream_handler_yields_chunks_then_metrics(worker, monkeypatch):
     chunks, final = items[:-1], items[-1]
     assert len(chunks) > 1
     assert [c["chunk_index"] for c in chunks] == list(range(len(chunks)))
-    assert [c["is_last"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
-    assert all(set(c) == {"chunk_index", "audio", "format", "sample_rate", "is_last"} for c in chunks)
+    # No chunk can know it is the last without waiting for the next: the final item, the
+    # one with the metrics, marks the end.
+    assert all(set(c) == {"chunk_index", "audio", "format", "sample_rate"} for c in chunks)
+    assert all("metrics" not in c for c in chunks) and "streaming_metrics" in final
     pcm = b"".join(base64.b64decode(c["audio"]) for c in chunks)
     samples = np.frombuffer(pcm, dtype="<i2")
     metrics = final["streaming_metrics"]
     assert metrics["total_chunks"] == len(chunks)
     assert abs(samples.size / chunks[0]["sample_rate"] - metrics["audio_duration"]) < 1e-3
     assert final["seed"] == 3 and "metrics" in final and final["parameters"]["voice_id"] == "none"
+
+
+class RecordingStream:
+    """A stub stream that logs when the handler asks it for each window."""
+
+    def __init__(self, model, events):
+        self.model, self.events = model, events
+
+    def __call__(self, text, *, conditionals, chunk_size=50, seed=None, **_):
+        wav = self.model.synthesize(text, conditionals=conditionals, seed=seed)
+        step = max(1, chunk_size * self.model.sr // 25)
+        for index, start in enumerate(range(0, len(wav), step)):
+            self.events.append(("made", index))
+            yield wav[start:start + step]
+
+
+def test_each_chunk_leaves_before_the_next_is_asked_for(worker, stub_model, monkeypatch):
+    """Chunk k is yielded by the handler before the model is asked for chunk k+1."""
+    import handler
+
+    events: list[tuple[str, int]] = []
+    monkeypatch.setattr(stub_model, "stream", RecordingStream(stub_model, events))
+    monkeypatch.setattr(handler, "get_worker", lambda: worker)
+    job = {"id": "j2", "input": {"text": "One sentence that is long enough for several windows.",
+                                 "mode": "streaming", "chunk_size": 5, "output_format": "pcm_16"}}
+    for item in handler.stream_handler(job):
+        if "chunk_index" in item:
+            events.append(("sent", item["chunk_index"]))
+    made = [i for kind, i in events if kind == "made"]
+    assert len(made) > 2
+    for k in made[:-1]:
+        assert events.index(("sent", k)) < events.index(("made", k + 1)), events
+
+
+def test_stream_timings_leave_out_the_time_spent_suspended(worker, monkeypatch):
+    import time
+
+    import handler
+
+    monkeypatch.setattr(handler, "get_worker", lambda: worker)
+    pause_s = 0.2
+    items = []
+    for item in handler.stream_handler({"input": {"text": "Pause between every chunk of this rather long text, please.",
+                                                   "mode": "streaming", "chunk_size": 5}}):
+        items.append(item)
+        time.sleep(pause_s)  # RunPod posting the chunk
+    chunks, final = items[:-1], items[-1]
+    assert len(chunks) > 2
+    # Every chunk before the last waited pause_s at its yield; none of that is work.
+    suspended_s = pause_s * len(chunks)
+    assert final["streaming_metrics"]["total_generation_time"] < suspended_s / 2
+    assert final["metrics"]["generation_ms"] / 1000 < suspended_s / 2
+    assert final["metrics"]["total_ms"] / 1000 < suspended_s / 2
 
 
 def test_stream_handler_other_operations_and_errors(worker, monkeypatch):
@@ -52,11 +107,11 @@ def test_serverless_config_choice(monkeypatch):
 
 
 def test_progress_reported_for_long_text(worker):
-    from request_schema import parse_request
+    import operations
 
     seen = []
     text = " ".join(f"This is sentence number {i}, long enough to need its own chunk." for i in range(12))
-    worker.run(parse_request({"text": text})[0], progress=lambda done, total: seen.append((done, total)))
+    operations.run(worker, operations.parse_request({"text": text}), progress=lambda done, total: seen.append((done, total)))
     assert len(seen) > 1 and seen[-1][0] == seen[-1][1] and seen == sorted(seen)
 
 

@@ -11,18 +11,16 @@ space to split at and is cut hard; its characters must still all come back.
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import text_chunking
 from request_schema import MAX_TEXT_CHARS
-from text_chunking import DEFAULT_MAX_CHARS, split_sentences, split_text
+from settings import Settings, get_settings, reload_settings
+from text_chunking import split_sentences, split_text
 
-MODULE_PATH = Path(text_chunking.__file__)
+DEFAULT_MAX_CHARS = Settings.model_fields["tts_chunk_max_chars"].default
 SMALL_BOUND = 20
 ENV_BOUND = 40
 LONG_TEXT_CHARS = MAX_TEXT_CHARS  # the longest text a job may send
@@ -299,14 +297,10 @@ def test_larger_bound_gives_fewer_chunks():
 
 
 def test_env_variable_sets_the_default_bound(monkeypatch):
-    # The bound is read at import; load a private copy of the module so that the shared
-    # one (already imported by job_operations) keeps its value for the other tests.
     monkeypatch.setenv("TTS_CHUNK_MAX_CHARS", str(ENV_BOUND))
-    spec = importlib.util.spec_from_file_location("text_chunking_env_copy", MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.DEFAULT_MAX_CHARS == ENV_BOUND
-    chunks = module.split_text(long_text(500))
+    reload_settings()
+    assert get_settings().tts_chunk_max_chars == ENV_BOUND
+    chunks = split_text(long_text(500))
     assert len(chunks) > 1
     assert all(len(chunk) <= ENV_BOUND for chunk in chunks)
 
