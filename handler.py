@@ -78,11 +78,8 @@ def error_response(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, JobError):
         logger.info("rejected job: %s", exc)
         return exc.to_response()
-    if isinstance(exc, ServiceUnavailableError):
+    if isinstance(exc, (ServiceUnavailableError, SettingsError)):  # a bad variable: every job names it
         return service_unavailable(exc)
-    if isinstance(exc, SettingsError):  # a bad variable read after start-up: every job says which
-        logger.error("bad configuration: %s", exc)
-        return {"error": f"service: bad configuration: {exc}"}
     logger.error("job failed", exc_info=exc)
     return {"error": f"internal: {type(exc).__name__}: {exc}"}
 
@@ -93,6 +90,7 @@ def get_worker():
     with _worker_lock:
         if _worker is None and _worker_error is None:
             try:
+                get_settings()  # a bad variable stops start-up here, before anything loads
                 _worker = load_worker()
             except SettingsError as exc:  # names the variable to fix
                 logger.error("bad configuration: %s", exc)
