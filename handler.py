@@ -10,14 +10,20 @@ import atexit
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import operations
+from async_bridge import run_blocking, stream_from_thread
 from job_errors import JobError, ServerError, ServiceUnavailableError
 from settings import SettingsError, get_settings
 
 logger = logging.getLogger("chatterbox_worker")
+
+# Jobs in flight per worker when MAX_CONCURRENT_JOBS is unset: a GPU's decode engine
+# batches this many into shared steps; on a CPU more jobs only queue for the same cores.
+GPU_CONCURRENT_JOBS = 8
+CPU_CONCURRENT_JOBS = 2
 
 _worker = None
 _worker_error: str | None = None
@@ -143,6 +149,26 @@ def stream_handler(job: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield error_response(exc)
 
 
+async def async_handler(job: dict[str, Any]) -> dict[str, Any]:
+    """:func:`handler` off the event loop, so that RunPod can run several jobs at once."""
+    return await run_blocking(handler, job)
+
+
+async def async_stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """:func:`stream_handler` off the event loop; each item is posted the moment it is made."""
+    async for item in stream_from_thread(lambda: stream_handler(job)):
+        yield item
+
+
+def max_concurrent_jobs() -> int:
+    """``MAX_CONCURRENT_JOBS``, or what the loaded models' device takes well."""
+    configured = get_settings().max_concurrent_jobs
+    if configured is not None:
+        return configured
+    device = str(getattr(next(iter(_worker.models.values()), None), "device", "cpu")) if _worker else "cpu"
+    return GPU_CONCURRENT_JOBS if device.startswith("cuda") else CPU_CONCURRENT_JOBS
+
+
 def configure_logging() -> None:
     try:
         level = get_settings().log_level
@@ -152,13 +178,18 @@ def configure_logging() -> None:
 
 
 def serverless_config(argv: list[str]) -> dict[str, Any]:
-    """The dict handler by default; the generator when STREAM_RESULTS is set.
+    """The dict handler by default; the generator when STREAM_RESULTS is set. Both are async,
+    and RunPod gives the worker up to ``max_concurrent_jobs()`` jobs at once.
 
-    ``--test_input`` never iterates a generator, so a local test run always uses the dict one.
+    ``--test_input`` never iterates a generator, so a local test run uses the plain dict one.
     """
-    if get_settings().stream_results and "--test_input" not in argv:
-        return {"handler": stream_handler, "return_aggregate_stream": True}
-    return {"handler": handler}
+    if "--test_input" in argv:
+        return {"handler": handler}
+    limit = max_concurrent_jobs()
+    config = {"handler": async_handler, "concurrency_modifier": lambda current: limit}
+    if get_settings().stream_results:
+        config.update(handler=async_stream_handler, return_aggregate_stream=True)
+    return config
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     bucket_endpoint_url: str | None = Field(
         None, description="RunPod bucket for results over MAX_RESULT_MB (with the other BUCKET_* variables)")
     log_level: str = Field("INFO", description="Python logging level")
+    max_concurrent_jobs: int | None = Field(
+        None, ge=1, le=64, description="Jobs one worker runs at once; default 8 on a GPU, 2 on a CPU")
 
     # -- voice library -----------------------------------------------------------------
     voice_library_dir: Path | None = Field(

@@ -99,10 +99,11 @@ def test_serverless_config_choice(monkeypatch):
     import handler
 
     monkeypatch.delenv("STREAM_RESULTS", raising=False)
-    assert handler.serverless_config([])["handler"] is handler.handler
+    # The served handlers are the async faces of the dict and generator handlers.
+    assert handler.serverless_config([])["handler"] is handler.async_handler
     monkeypatch.setenv("STREAM_RESULTS", "true")
     config = handler.serverless_config([])
-    assert config["handler"] is handler.stream_handler and config["return_aggregate_stream"] is True
+    assert config["handler"] is handler.async_stream_handler and config["return_aggregate_stream"] is True
     assert handler.serverless_config(["handler.py", "--test_input", "{}"])["handler"] is handler.handler
 
 
