@@ -1,9 +1,11 @@
 """Files that other workers on a shared volume read while this one writes them.
 
-A file is written in full beside its destination under a hidden name, then renamed over
-it: a reader sees the old file or the whole new one, never a part. These are the only
-writes the worker makes on purpose (saved voices, the catalog, persisted conditionals,
-voice usage counts); generating speech writes nothing.
+A file is written in full beside its destination under a hidden name, fsynced, then
+renamed over it, and the directory is fsynced after the rename: a reader sees the old
+file or the whole new one, never a part, and a crash or power loss right after a save
+cannot leave a renamed but empty file. Every file the worker writes on purpose (saved
+voices, the catalog, persisted conditionals, voice usage counts) goes this one way;
+generating speech writes nothing.
 """
 from __future__ import annotations
 
@@ -19,10 +21,28 @@ PARTIAL_PREFIX = ".tmp-"
 SHARED_FILE_MODE = 0o644
 
 
-def write_partial(directory: Path, suffix: str, data: bytes) -> Path:
-    """Write ``data`` to a new fsynced hidden file in ``directory``, ready for os.replace."""
+def _new_partial(directory: Path, suffix: str) -> tuple[int, Path]:
     fd, name = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=suffix, dir=directory)
-    partial = Path(name)
+    return fd, Path(name)
+
+
+def _seal(partial: Path) -> None:
+    """Flush a partial file written by someone else (a codec) to disk and share it."""
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(partial, SHARED_FILE_MODE)
+
+
+def write_partial(directory: Path, suffix: str, data: bytes) -> Path:
+    """Write ``data`` to a new fsynced hidden file in ``directory``, ready for :func:`commit`.
+
+    Writers that swap several files at once write every partial first, so a full disk
+    stops them before anything is replaced.
+    """
+    fd, partial = _new_partial(directory, suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -35,23 +55,32 @@ def write_partial(directory: Path, suffix: str, data: bytes) -> Path:
     return partial
 
 
+def commit(partial: Path, path: Path) -> None:
+    """Rename a sealed partial over ``path`` and make the rename durable."""
+    os.replace(partial, path)
+    fsync_dir(path.parent)
+
+
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
-    """A hidden path beside ``path`` to write; renamed over ``path`` if the block succeeds."""
-    fd, name = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=path.suffix, dir=path.parent)
+    """A hidden path beside ``path`` to write; fsynced and renamed over ``path`` if the block succeeds."""
+    fd, partial = _new_partial(path.parent, path.suffix)
     os.close(fd)
-    partial = Path(name)
     try:
         yield partial
-        os.chmod(partial, SHARED_FILE_MODE)
-        os.replace(partial, path)
+        _seal(partial)
+        commit(partial, path)
     finally:
         partial.unlink(missing_ok=True)
 
 
 def write_replacing(path: Path, data: bytes) -> None:
-    with replacing(path) as partial:
-        partial.write_bytes(data)
+    """Replace ``path`` with ``data`` atomically and durably."""
+    partial = write_partial(path.parent, path.suffix, data)
+    try:
+        commit(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -24,6 +24,8 @@ logger = logging.getLogger("chatterbox_worker")
 # batches this many into shared steps; on a CPU more jobs only queue for the same cores.
 GPU_CONCURRENT_JOBS = 8
 CPU_CONCURRENT_JOBS = 2
+FINGERPRINT_MEMO = "checkpoint-fingerprints.json"
+CACHE_FLUSH_AT_EXIT_SECONDS = 30.0
 
 _worker = None
 _worker_error: str | None = None
@@ -44,7 +46,7 @@ def load_worker():
     """Load the model(s), the voice library and the conditionals cache."""
     # Imported here: torch and chatterbox take seconds to import, and the unit tests
     # (which import this module) run without them.
-    from checkpoint_fingerprint import fingerprint_checkpoint
+    from checkpoint_fingerprint import model_version
     from conditionals_cache import ConditionalsCache
     from optimized_chatterbox import ConditionalsCodec
     from optimized_voice_library import initialize_optimized_voice_library
@@ -55,14 +57,16 @@ def load_worker():
     settings = get_settings()
     models = {name: load_model(name) for name in settings.models}
     device = next(iter(models.values())).device
-    cache = ConditionalsCache(ConditionalsCodec(device), disk_dir=settings.conditionals_disk_dir,
-                              model_versions={name: fingerprint_checkpoint(model.checkpoint_dir)
-                                              for name, model in models.items()})
+    disk_dir = settings.conditionals_disk_dir
+    # A memo on the volume lets later starts skip hashing ~3 GB of weights.
+    memo = disk_dir / FINGERPRINT_MEMO if disk_dir else None
+    versions = {name: model_version(model.checkpoint_dir, memo) for name, model in models.items()}
+    cache = ConditionalsCache(ConditionalsCodec(device), disk_dir=disk_dir, model_versions=versions)
     library = initialize_optimized_voice_library()
     usage = VoiceUsage(library.library_dir / USAGE_FILENAME)
     usage.start()
     atexit.register(usage.stop)
-    atexit.register(cache.flush)
+    atexit.register(cache.flush, CACHE_FLUSH_AT_EXIT_SECONDS)  # a stuck volume must not hang shutdown
     worker = Worker(models, library, cache, usage=usage)
     if settings.preload_voices:
         threading.Thread(target=preload_voices, args=(worker, settings.preload_voices, settings.preload_max_seconds),

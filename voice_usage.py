@@ -3,28 +3,29 @@
 Start-up preloading (``PRELOAD_VOICES=N``) prepares the N most-used voices first, so the
 counts must outlive a worker and add up across the workers of an endpoint. Jobs only bump
 an in-memory counter; a background thread merges the counts into ``voice_usage.json``
-beside the voice catalog every ``VOICE_USAGE_FLUSH_SECONDS``, under an exclusive lock and
-with an atomic rename (``atomic_files``), so a job never waits on, or writes to, the file system.
+beside the voice catalog every ``VOICE_USAGE_FLUSH_SECONDS``, under a cross-process lock
+(``file_locks``) and with an atomic rename (``atomic_files``), so a job never waits on, or
+writes to, the file system.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import threading
 from collections import Counter
 from pathlib import Path
 
 from atomic_files import write_replacing
+from file_locks import volume_lock
+from limits import MB
+from settings import get_settings
 
 logger = logging.getLogger(__name__)
 
 USAGE_FILENAME = "voice_usage.json"
 LOCK_SUFFIX = ".lock"
-DEFAULT_FLUSH_SECONDS = float(os.environ.get("VOICE_USAGE_FLUSH_SECONDS", "60"))
 # Counts are small integers per voice; a file larger than this is not ours.
-MAX_USAGE_FILE_BYTES = 4 * 1024 * 1024
+MAX_USAGE_FILE_BYTES = 4 * MB
 
 
 def _read_counts(path: Path) -> Counter:
@@ -78,14 +79,10 @@ class VoiceUsage:
         if not delta:
             return True
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock_fd = os.open(self.path.with_name(self.path.name + LOCK_SUFFIX), os.O_CREAT | os.O_RDWR, 0o644)
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)  # other workers on the volume merge one at a time
+            # Other workers on the volume merge one at a time.
+            with volume_lock(self.path.with_name(self.path.name + LOCK_SUFFIX)):
                 merged = _read_counts(self.path) + delta
                 write_replacing(self.path, json.dumps(dict(merged), sort_keys=True).encode("utf-8"))
-            finally:
-                os.close(lock_fd)
             return True
         except OSError as exc:
             logger.warning("could not save voice usage to %s: %s", self.path, exc)
@@ -93,10 +90,12 @@ class VoiceUsage:
                 self._pending.update(delta)  # try again at the next flush
             return False
 
-    def start(self, interval_seconds: float = DEFAULT_FLUSH_SECONDS) -> None:
-        """Flush every ``interval_seconds`` in a daemon thread."""
+    def start(self, interval_seconds: float | None = None) -> None:
+        """Flush every ``interval_seconds`` (default ``VOICE_USAGE_FLUSH_SECONDS``) in a daemon thread."""
         if self.path is None or self._thread is not None:
             return
+        if interval_seconds is None:
+            interval_seconds = get_settings().voice_usage_flush_seconds
 
         def loop():
             while not self._stop.wait(interval_seconds):

@@ -217,6 +217,7 @@ def run(args) -> dict[str, Any]:
     from worker import Worker
     from optimized_chatterbox import ConditionalsCodec, create_optimized_tts
     from optimized_voice_library import OptimizedVoiceLibrary
+    from speech_pipeline import conditionals
     from voice_sources import library_voice
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -248,14 +249,15 @@ def run(args) -> dict[str, Any]:
     for i in range(reps):
         prompt = library_voice(library, voice_id=voice_ids[i % len(voice_ids)])
         bench.measure(prep["legacy"], lambda: handler_legacy.file_conditionals(model, prompt, 0.5, False))
-        bench.measure(prep["optimized"], lambda: worker.conditionals(model, prompt, 0.5, use_cache=False))
-        worker.conditionals(model, prompt, 0.5, use_cache=True)  # make sure the entry is resident
+        bench.measure(prep["optimized"], lambda: conditionals(worker, model, prompt, 0.5, use_cache=False))
+        conditionals(worker, model, prompt, 0.5, use_cache=True)  # make sure the entry is resident
         assert CacheKey("standard", prompt.content_hash) in cache
-        bench.measure(prep["cached"], lambda: worker.conditionals(model, prompt, 0.5, use_cache=True))
-        disk_writer.conditionals(model, prompt, 0.5, use_cache=True)
+        bench.measure(prep["cached"], lambda: conditionals(worker, model, prompt, 0.5, use_cache=True))
+        conditionals(disk_writer, model, prompt, 0.5, use_cache=True)
+        disk_writer.cache.flush()  # the disk write happens off the job's path
         restarted = Worker({"standard": model}, library, ConditionalsCache(ConditionalsCodec(device),
                                                                            disk_dir=Path(disk_dir.name)))
-        _, source = bench.measure(prep["disk"], lambda: restarted.conditionals(model, prompt, 0.5, use_cache=True))
+        _, source = bench.measure(prep["disk"], lambda: conditionals(restarted, model, prompt, 0.5, use_cache=True))
         assert source == "disk", source
     disk_dir.cleanup()
 

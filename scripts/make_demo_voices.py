@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 gender=voice.gender,
                 original_file=f"espeak-ng_{voice.espeak_voice}.wav",
                 voice_id=voice.voice_id,
+                deletable=False,  # shipped voices are never deleted by jobs
             )
             logger.info("%s (%s): %.1f s -> %s", voice.name, voice.voice_id, entry["duration"], entry["embedding_file"])
 

@@ -576,6 +576,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             wall = time.perf_counter() - t0
             end = snapshot(process)
         temp_left = files_under(box.job_tmp)
+        worker.cache.flush(30)  # conditionals are written to disk in the background
         strays = stray_temp_files(box.library_dir, box.cache_dir)
         for path in temp_left + strays:
             logger.error("left behind: %s", path)

@@ -19,9 +19,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 import optimized_voice_library as ovl  # noqa: E402
+import settings  # noqa: E402
 from atomic_files import PARTIAL_PREFIX  # noqa: E402
 from job_errors import JobError, VoiceLibraryError, VoiceNotFoundError  # noqa: E402
 from optimized_voice_library import OptimizedVoiceLibrary, VoiceAudio  # noqa: E402
+from voice_library import readers  # noqa: E402
 
 SR = 24000
 PCM24_STEP = 1.0 / 2**23
@@ -109,9 +111,12 @@ def legacy_lib(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
 
 
 @pytest.fixture(autouse=True)
-def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_env(monkeypatch: pytest.MonkeyPatch):
     for name in (ovl.LIBRARY_DIR_ENV, ovl.CACHE_MAX_VOICES_ENV, ovl.CACHE_MAX_MB_ENV):
         monkeypatch.delenv(name, raising=False)
+    settings.get_settings.cache_clear()
+    yield
+    settings.get_settings.cache_clear()
 
 
 # ------------------------------------------------------------------ legacy format
@@ -172,7 +177,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, payload_kind):
 def test_gzip_bomb_is_capped(tmp_path, monkeypatch):
     write_pickle_gz(tmp_path / "embeddings" / "de16e46c.pkl.gz", legacy_payload(make_audio(0, seconds=1.0)))
     (tmp_path / "voice_catalog.json").write_text(json.dumps({"de16e46c": legacy_entry("de16e46c", "Amy")}))
-    monkeypatch.setattr(ovl, "MAX_DECOMPRESSED_BYTES", 1000)
+    monkeypatch.setattr(readers, "MAX_DECOMPRESSED_BYTES", 1000)
     with pytest.raises(VoiceLibraryError, match="larger than"):
         OptimizedVoiceLibrary(tmp_path).get_voice_audio_direct("de16e46c")
 
@@ -423,16 +428,22 @@ def test_entry_larger_than_byte_bound_is_served_but_not_cached(tmp_path):
 def test_cache_limits_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(ovl.CACHE_MAX_VOICES_ENV, "5")
     monkeypatch.setenv(ovl.CACHE_MAX_MB_ENV, "1.5")
+    settings.reload_settings()
     stats = OptimizedVoiceLibrary(tmp_path).get_stats()
     assert stats["max_cache_size"] == 5 and stats["max_cache_bytes"] == int(1.5 * 1024 * 1024)
+    # A bad value stops start-up with an error naming the variable (no silent default).
     monkeypatch.setenv(ovl.CACHE_MAX_VOICES_ENV, "lots")
-    assert OptimizedVoiceLibrary(tmp_path).get_stats()["max_cache_size"] == ovl.DEFAULT_CACHE_MAX_VOICES
+    settings.get_settings.cache_clear()
+    with pytest.raises(settings.SettingsError, match=ovl.CACHE_MAX_VOICES_ENV):
+        OptimizedVoiceLibrary(tmp_path)
 
 
 def test_library_dir_from_environment(tmp_path, monkeypatch, legacy_lib):
     monkeypatch.setenv(ovl.LIBRARY_DIR_ENV, str(legacy_lib[0]))
+    settings.reload_settings()
     assert OptimizedVoiceLibrary().library_dir == legacy_lib[0].resolve()
     monkeypatch.delenv(ovl.LIBRARY_DIR_ENV)
+    settings.reload_settings()
     assert OptimizedVoiceLibrary().library_dir == REPO_ROOT
 
 
@@ -590,7 +601,7 @@ def test_disk_full_gives_a_clear_error_and_no_leftovers(legacy_lib, monkeypatch)
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(ovl.os, "replace", no_space)
+    monkeypatch.setattr(os, "replace", no_space)
     with pytest.raises(VoiceLibraryError) as info:
         lib.save_voice("Nova", make_audio(0), SR)
     message = str(info.value)
@@ -615,7 +626,7 @@ def test_failed_temp_write_leaves_nothing(tmp_path, monkeypatch):
             raise OSError(errno.EIO, "I/O error")
         return real_fsync(fd)
 
-    monkeypatch.setattr(ovl.os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(VoiceLibraryError, match="save_to_library"):
         lib.save_voice("Nova", make_audio(0), SR)
     assert not temp_files(tmp_path)
@@ -691,6 +702,7 @@ def test_list_search_and_stats_shapes(legacy_lib):
 def test_singleton_is_shared(monkeypatch, legacy_lib):
     monkeypatch.setattr(ovl, "_singleton", None)
     monkeypatch.setenv(ovl.LIBRARY_DIR_ENV, str(legacy_lib[0]))
+    settings.reload_settings()
     results = []
     threads = [threading.Thread(target=lambda: results.append(ovl.get_voice_library())) for _ in range(4)]
     for t in threads:

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
+import pytest
+
+import settings
 from conditionals_cache import CacheKey
+from test_atomic_files import without_flock  # noqa: F401 - a fixture
 from voice_usage import USAGE_FILENAME, VoiceUsage
 
 
@@ -70,6 +75,8 @@ def test_background_flush_and_stop(tmp_path):
 
 
 def test_jobs_count_library_voices_and_preload_follows_the_counts(worker, run_job, library, tmp_path):
+    from voice_preload import preload_voices
+
     usage = VoiceUsage(tmp_path / USAGE_FILENAME)
     worker.usage = usage
     names = [v["speaker_name"] for v in library.list_voices()]
@@ -81,7 +88,7 @@ def test_jobs_count_library_voices_and_preload_follows_the_counts(worker, run_jo
     assert usage.counts() == {most_id: 2, least_id: 1}
 
     worker.cache.evict(1.0)
-    assert worker.preload("1", max_seconds=60) == 1
+    assert preload_voices(worker, "1", max_seconds=60) == 1
     assert usage.counts() == {most_id: 2, least_id: 1}  # preloading is not use
     hashes = {name: library.get_voice_audio_direct(vid).content_hash for name, vid in
               (("most", most_id), ("least", least_id))}
@@ -90,6 +97,53 @@ def test_jobs_count_library_voices_and_preload_follows_the_counts(worker, run_jo
 
 
 def test_preload_spec_that_is_not_a_number_prepares_nothing(worker, caplog):
+    from voice_preload import preload_voices
+
     with caplog.at_level(logging.ERROR):
-        assert worker.preload("most", max_seconds=60) == 0
+        assert preload_voices(worker, "most", max_seconds=60) == 0
     assert "PRELOAD_VOICES" in caplog.text
+
+
+@pytest.fixture
+def fresh_settings():
+    settings.get_settings.cache_clear()
+    yield
+    settings.get_settings.cache_clear()
+
+
+def test_flush_interval_comes_from_settings_when_start_is_called(tmp_path, monkeypatch, fresh_settings):
+    monkeypatch.setenv("VOICE_USAGE_FLUSH_SECONDS", "0.01")
+    settings.reload_settings()
+    path = tmp_path / USAGE_FILENAME
+    usage = VoiceUsage(path)
+    usage.record("aaaa1111")
+    usage.start()
+    try:
+        for _ in range(500):
+            if path.exists():
+                break
+            threading.Event().wait(0.01)
+        assert json.loads(path.read_text()) == {"aaaa1111": 1}
+    finally:
+        usage.stop()
+
+
+def test_bad_flush_interval_is_a_settings_error(tmp_path, monkeypatch, fresh_settings):
+    monkeypatch.setenv("VOICE_USAGE_FLUSH_SECONDS", "soon")
+    usage = VoiceUsage(tmp_path / USAGE_FILENAME)  # importing and building read nothing
+    with pytest.raises(settings.SettingsError, match="VOICE_USAGE_FLUSH_SECONDS"):
+        usage.start()
+
+
+def test_counts_merge_where_the_filesystem_refuses_flock(tmp_path, without_flock):
+    path = tmp_path / USAGE_FILENAME
+    workers = [VoiceUsage(path) for _ in range(4)]
+    for usage in workers:
+        usage.record("aaaa1111")
+    threads = [threading.Thread(target=usage.flush) for usage in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert json.loads(path.read_text()) == {"aaaa1111": 4}
+    assert [p.name for p in tmp_path.iterdir()] == [USAGE_FILENAME]  # the soft lock is gone
