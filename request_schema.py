@@ -7,7 +7,7 @@ Which operation takes which model is the operation registry's business (``operat
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -201,6 +201,17 @@ class UploadVoiceRequest(_Request):
 
 class ListVoicesRequest(_Request):
     operation: Literal["list_local_voices", "list_voices"]
+
+
+class DeleteVoiceRequest(_Request):
+    operation: Literal["delete_voice"]
+    voice_id: str | None = None
+    voice_name: VoiceName | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "DeleteVoiceRequest":
+        _only_one(self, ("voice_id", "voice_name"), required=True)
+        return self
 
 
 class SearchVoicesRequest(_Request):

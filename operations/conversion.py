@@ -46,11 +46,16 @@ def _convert(worker: Worker, request: VoiceConversionRequest | VoiceTransferRequ
     }, source
 
 
+def _target(worker: Worker, request: VoiceConversionRequest | VoiceTransferRequest, audio: str | None,
+            audio_field: str, timer: Timer) -> VoicePrompt:
+    with timer.measure("voice_load_ms"):
+        return resolve_voice(worker.library, voice_id=request.voice_id, voice_name=request.voice_name,
+                             audio=audio, audio_field=audio_field)
+
+
 def convert_voice(worker: Worker, request: VoiceConversionRequest, progress=None) -> dict[str, Any]:
     timer = Timer()
-    with timer.measure("voice_load_ms"):
-        target = resolve_voice(worker.library, voice_id=request.voice_id, voice_name=request.voice_name,
-                               audio=request.target_speaker, audio_field="target_speaker")
+    target = _target(worker, request, request.target_speaker, "target_speaker", timer)
     response, _ = _convert(worker, request, target, timer)
     return response
 
@@ -64,9 +69,7 @@ def transfer_info(request: VoiceTransferRequest, target: VoicePrompt) -> dict[st
 
 def transfer_voice(worker: Worker, request: VoiceTransferRequest, progress=None) -> dict[str, Any]:
     timer = Timer()
-    with timer.measure("voice_load_ms"):
-        target = resolve_voice(worker.library, voice_id=request.voice_id, voice_name=request.voice_name,
-                               audio=request.target_audio, audio_field="target_audio")
+    target = _target(worker, request, request.target_audio, "target_audio", timer)
     response, source = _convert(worker, request, target, timer)
     response.update({
         "transfer_info": transfer_info(request, target),
