@@ -26,4 +26,8 @@ COPY . .
 
 # At run time nothing is downloaded: the worker starts from the baked cache or not at all.
 ENV HF_HUB_OFFLINE=1
-CMD ["python", "-u", "handler.py"]
+# One image, both endpoint types: WORKER_MODE=queue (default) runs the queue handler,
+# WORKER_MODE=http the HTTP server on PORT (load-balancing endpoints; /ping on PORT_HEALTH).
+ENV WORKER_MODE=queue PORT=8000
+EXPOSE 8000
+CMD ["python", "-u", "main.py"]

@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import openai_api
 import operations
 from async_bridge import run_blocking, stream_from_thread
 from job_errors import JobError, ServerError, ServiceUnavailableError
@@ -117,6 +118,8 @@ def run_job(job_input: Any, worker_source: Callable[[], Any],
             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Validate and run one job's input; every failure becomes ``{"error": str}``."""
     try:
+        if isinstance(job_input, dict) and "openai_route" in job_input:  # RunPod's OpenAI passthrough
+            return openai_api.run_route(job_input, worker_source)
         job = operations.parse_request(job_input)
         return operations.run(worker_source(), job, progress)
     except Exception as exc:  # the worker must answer every job, and keep serving
@@ -146,6 +149,9 @@ def stream_handler(job: dict[str, Any]) -> Iterator[dict[str, Any]]:
     Other operations yield their one result. An error is yielded as the last item.
     """
     job_input = job.get("input") if isinstance(job, dict) else None
+    if isinstance(job_input, dict) and "openai_route" in job_input:  # one result, as on the dict handler
+        yield run_job(job_input, get_worker)
+        return
     try:
         parsed = operations.parse_request(job_input)
         yield from operations.stream(get_worker(), parsed)

@@ -11,32 +11,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import librosa
 import numpy as np
 import torch
 from chatterbox.models.s3gen import S3GEN_SR
 from chatterbox.models.s3gen.const import S3GEN_SIL
-from chatterbox.models.s3tokenizer import S3_SR, drop_invalid_tokens
-from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
+from chatterbox.models.s3tokenizer import S3_SR
 from chatterbox.models.t3.modules.cond_enc import T3Cond
 from chatterbox.tts import ChatterboxTTS, Conditionals, punc_norm
 from safetensors.torch import load_file, save_file
 from settings import get_settings
-from transformers.generation.logits_process import (
-    MinPLogitsWarper,
-    RepetitionPenaltyLogitsProcessor,
-    TopPLogitsWarper,
-)
+from t3_engine import EngineConfig, SamplingParams, T3Engine, TokenStream
 
 logger = logging.getLogger(__name__)
 
 MODEL_VARIANT = "standard"
 # Speech-token ids at or above this are control tokens, not audio (the library's own cut).
 SPEECH_VOCAB_SIZE = 6561
+SPEECH_START_TOKEN = SPEECH_VOCAB_SIZE  # T3's start-of-speech token (hp.start_speech_token)
 # Streaming decodes each window of new tokens together with this many earlier tokens, so the
 # vocoder sees context across the seam; the context's own audio is cut off again.
 STREAM_CONTEXT_TOKENS = 25
@@ -47,6 +43,8 @@ MIN_DECODABLE_TOKENS = 2
 CONDITIONALS_FORMAT = "chatterbox-conditionals-v1"
 # Derived per call by T3 from the prompt tokens; never cached or persisted.
 _T3_DERIVED_FIELDS = ("cond_prompt_speech_emb",)
+# Two threads may ask for a model's engine at once; one builds it.
+_ENGINE_CREATION = threading.Lock()
 
 
 def prompt_at_model_rate(samples: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -93,113 +91,32 @@ def cfg_text_batch(tokens: torch.Tensor, hp) -> torch.Tensor:
     return torch.nn.functional.pad(tokens, (0, 1), value=hp.stop_text_token)
 
 
-def tokens_to_wav(model, speech_tokens: torch.Tensor, gen: dict) -> np.ndarray:
-    """S3Gen audio for T3's speech tokens, with the library's cut of control tokens."""
-    speech_tokens = drop_invalid_tokens(speech_tokens)
-    speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB_SIZE].to(model.device)
-    if speech_tokens.numel() == 0:
-        return np.zeros(0, dtype=np.float32)
-    wav, _ = model.s3gen.inference(speech_tokens=pad_to_decodable(speech_tokens), ref_dict=dict(gen))
-    return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
-
-
-def sample_speech_tokens(
-    t3,
-    t3_cond: T3Cond,
-    text_tokens: torch.Tensor,
-    *,
-    max_new_tokens: int,
-    temperature: float,
-    cfg_weight: float,
-    repetition_penalty: float,
-    min_p: float,
-    top_p: float,
-    alignment_analyzer: Callable[[int, int], Any] | None = None,
-) -> Iterator[torch.Tensor]:
-    """``T3.inference``'s sampling loop, yielding each speech token as it is drawn.
-
-    It mirrors the library loop step for step (same processors, same order, same RNG draws),
-    so with one seed it yields exactly the tokens ``T3.inference`` returns up to its stop
-    token. The multilingual model's loop differs only by its alignment checks:
-    ``alignment_analyzer(len_cond, n_text_tokens)`` builds that model's analyzer.
-    """
-    hp = t3.hp
-    text_tokens = torch.atleast_2d(text_tokens).to(dtype=torch.long, device=t3.device)
-    embeds, len_cond = t3.prepare_input_embeds(
-        t3_cond=t3_cond,
-        text_tokens=text_tokens,
-        speech_tokens=hp.start_speech_token * torch.ones_like(text_tokens[:, :1]),
-        cfg_weight=cfg_weight,
-    )
-    analyzer = alignment_analyzer(len_cond, text_tokens.size(-1)) if alignment_analyzer else None
-    backend = T3HuggingfaceBackend(
-        config=t3.cfg, llama=t3.tfmr, speech_enc=t3.speech_emb, speech_head=t3.speech_head,
-        alignment_stream_analyzer=analyzer,
-    )
-    bos = torch.tensor([[hp.start_speech_token]], dtype=torch.long, device=embeds.device)
-    bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
-    inputs_embeds = torch.cat([embeds, torch.cat([bos_embed, bos_embed])], dim=1)
-
-    generated = bos.clone()
-    min_p_warper = MinPLogitsWarper(min_p=min_p)
-    top_p_warper = TopPLogitsWarper(top_p=top_p)
-    repetition = RepetitionPenaltyLogitsProcessor(penalty=float(repetition_penalty))
-    forward_kwargs = dict(output_attentions=True, output_hidden_states=True, return_dict=True)
-    output = backend(inputs_embeds=inputs_embeds, past_key_values=None, use_cache=True, **forward_kwargs)
-    past = output.past_key_values
-    for i in range(max_new_tokens):
-        logits_step = output.logits[:, -1, :]
-        cond, uncond = logits_step[0:1, :], logits_step[1:2, :]
-        cfg = torch.as_tensor(cfg_weight, device=cond.device, dtype=cond.dtype)
-        logits = cond + cfg * (cond - uncond)
-        if analyzer is not None:
-            logits = analyzer.step(logits, next_token=generated[0, -1].item())
-        ids = generated[:1, ...]
-        logits = repetition(ids, logits)
-        if temperature != 1.0:
-            logits = logits / temperature
-        logits = top_p_warper(ids, min_p_warper(ids, logits))
-        next_token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
-        generated = torch.cat([generated, next_token], dim=1)
-        if next_token.view(-1) == hp.stop_speech_token:
-            return
-        yield next_token
-        next_embed = t3.speech_emb(next_token) + t3.speech_pos_emb.get_fixed_embedding(i + 1)
-        output = backend(
-            inputs_embeds=torch.cat([next_embed, next_embed]), past_key_values=past, **forward_kwargs
-        )
-        past = output.past_key_values
+def speech_only(tokens) -> list[int]:
+    """The library's cut of T3's output: control tokens out (start, stop, padding)."""
+    return [int(t) for t in tokens if int(t) < SPEECH_VOCAB_SIZE]
 
 
 def decode_window(
     model,
-    tokens: list[torch.Tensor],
+    tokens: list[int],
     start: int,
     gen: dict,
     *,
     tail: torch.Tensor | None = None,
     n_cfm_timesteps: int | None = None,
+    seed: int | None = None,
 ) -> np.ndarray:
     """Audio for ``tokens[start:]`` (plus ``tail``), decoded after up to STREAM_CONTEXT_TOKENS
     earlier tokens so that the vocoder sees context across the seam; the context's own
-    audio is cut off again and the seam faded in."""
+    audio is cut off again and the seam faded in. ``start`` 0 decodes everything."""
     context_start = max(0, start - STREAM_CONTEXT_TOKENS)
-    if tokens[context_start:]:
-        window = torch.cat(tokens[context_start:], dim=1)[0]
-    else:
-        window = torch.zeros(0, dtype=torch.long, device=model.device)
-    keep = window < SPEECH_VOCAB_SIZE
-    n_context = int(keep[: start - context_start].sum())
-    window = window[keep]
+    n_context = len(speech_only(tokens[context_start:start]))
+    window = torch.tensor(speech_only(tokens[context_start:]), dtype=torch.long, device=model.device)
     if tail is not None:
         window = torch.cat([window, tail.to(window.device)])
     if window.numel() == 0:
         return np.zeros(0, dtype=np.float32)
-    wav, _ = model.s3gen.inference(
-        speech_tokens=pad_to_decodable(window.to(model.device)), ref_dict=dict(gen),
-        n_cfm_timesteps=n_cfm_timesteps,
-    )
-    wav = wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+    wav = model.run_s3gen(pad_to_decodable(window), gen, seed=seed, n_cfm_timesteps=n_cfm_timesteps)
     if n_context:
         wav = wav[int(round(len(wav) * n_context / window.numel())):].copy()
         fade = min(len(wav), int(STREAM_FADE_SECONDS * model.sr))
@@ -209,27 +126,52 @@ def decode_window(
 
 def stream_windows(
     model,
-    sampler: Iterable[torch.Tensor],
+    tokens_in: Iterable[int],
     gen: dict,
     *,
     chunk_size: int,
     watermark: bool,
     tail: torch.Tensor | None = None,
     n_cfm_timesteps: int | None = None,
+    seed: int | None = None,
 ) -> Iterator[np.ndarray]:
-    """Decode every ``chunk_size`` sampled tokens; the last window also carries ``tail``."""
-    tokens: list[torch.Tensor] = []
+    """Decode every ``chunk_size`` sampled tokens; the last window also carries ``tail``.
+
+    Each window is decoded (on the caller's thread) as soon as its tokens are drawn; the
+    engine keeps stepping meanwhile. A seeded job seeds each window's S3Gen noise from its
+    seed and the window's index, so its audio does not depend on other jobs.
+    """
+    tokens: list[int] = []
     emitted = 0
-    for token in sampler:
+    window = 0
+    for token in tokens_in:
         tokens.append(token)
         if len(tokens) - emitted >= chunk_size:
-            wav = decode_window(model, tokens, emitted, gen, n_cfm_timesteps=n_cfm_timesteps)
-            emitted = len(tokens)
+            wav = decode_window(model, tokens, emitted, gen, n_cfm_timesteps=n_cfm_timesteps,
+                                seed=None if seed is None else seed + window)
+            emitted, window = len(tokens), window + 1
             yield model._watermark(wav) if watermark else wav
     # A tail (Turbo's silence) always ends the utterance, even right after a full window.
     if tail is not None or len(tokens) > emitted or not tokens:
-        wav = decode_window(model, tokens, emitted, gen, tail=tail, n_cfm_timesteps=n_cfm_timesteps)
+        wav = decode_window(model, tokens, emitted, gen, tail=tail, n_cfm_timesteps=n_cfm_timesteps,
+                            seed=None if seed is None else seed + window)
         yield model._watermark(wav) if watermark else wav
+
+
+@dataclass
+class SpeechJob:
+    """One generation, ready for the engine: T3's inputs, sampling settings, S3Gen's voice."""
+
+    t3_cond: T3Cond
+    text_tokens: torch.Tensor
+    params: SamplingParams
+    gen: dict
+    # Turbo ends every utterance with a little silence and decodes with fewer flow steps.
+    tail: torch.Tensor | None = None
+    n_cfm_timesteps: int | None = None
+    # Basic mode of the standard and multilingual models decodes what the library's
+    # drop_invalid_tokens keeps: tokens after a sampled start-of-speech token.
+    cut_at_start_token: bool = True
 
 
 class ArrayConditioningMixin:
@@ -259,10 +201,65 @@ class ArrayConditioningMixin:
         # The built-in voice as loaded. ``self.conds`` stays for library compatibility, but
         # the library's own prepare_conditionals overwrites it, so nothing here reads it.
         self.builtin_conds: Conditionals | None = self.conds
-        # One job at a time on the sampling path: torch's RNG is process-global (a seeded
-        # job is only reproducible if nothing else draws from it meanwhile), and
-        # T3.inference rebinds ``self.patched_model`` on every call.
-        self.inference_lock = threading.Lock()
+        # T3 sampling needs no lock (the engine's thread owns it, each job its own
+        # generator), but S3Gen draws its noise from torch's process-global RNG: a seeded
+        # decode holds this lock from seeding to its last draw.
+        self.s3gen_lock = threading.Lock()
+        self._t3_engine: T3Engine | None = None
+
+    # -- the decode engine -------------------------------------------------------------
+
+    @property
+    def engine(self) -> T3Engine:
+        """This model's T3 engine, started on first use (thread-safe)."""
+        if self._t3_engine is None:
+            with _ENGINE_CREATION:
+                if self._t3_engine is None:
+                    engine = T3Engine(self.t3, self.variant, EngineConfig.from_settings())
+                    engine.start()
+                    self._t3_engine = engine
+        return self._t3_engine
+
+    def engine_stats(self) -> dict:
+        """Counters of the T3 engine (jobs, tokens, steps, out-of-memory retries)."""
+        return self._t3_engine.stats() if self._t3_engine is not None else {}
+
+    def warm_up(self) -> None:
+        """Start the engine now: allocate its KV cache and, on a GPU, capture its CUDA graphs."""
+        self.engine  # noqa: B018 - the property starts it
+
+    def run_s3gen(self, speech_tokens: torch.Tensor, gen: dict, *, seed: int | None = None,
+                  n_cfm_timesteps: int | None = None) -> np.ndarray:
+        """S3Gen audio for speech tokens, with the voice's ``gen`` conditionals (float32)."""
+        kwargs = {} if n_cfm_timesteps is None else {"n_cfm_timesteps": n_cfm_timesteps}
+        with self.s3gen_lock, torch.inference_mode():
+            if seed is not None:
+                seed_everything(seed)
+            wav, _ = self.s3gen.inference(speech_tokens=speech_tokens.to(self.device), ref_dict=dict(gen), **kwargs)
+        return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+
+    def speech_tokens(self, job: SpeechJob, *, forced_tokens: list[int] | None = None,
+                      flush_every: int | None = 1) -> TokenStream:
+        """The job's speech tokens as the engine draws them (its stop token excluded),
+        handed over every ``flush_every`` tokens (None: all at the end)."""
+        return self.engine.submit(job.t3_cond, job.text_tokens, job.params, forced_tokens=forced_tokens,
+                                  flush_every=flush_every)
+
+    def _synthesize(self, job: SpeechJob, watermark: bool) -> np.ndarray:
+        """Basic mode: every token first, then one S3Gen decode."""
+        tokens = list(self.speech_tokens(job, flush_every=None))
+        if job.cut_at_start_token and SPEECH_START_TOKEN in tokens:
+            tokens = tokens[tokens.index(SPEECH_START_TOKEN) + 1:]
+        wav = decode_window(self, tokens, 0, job.gen, tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps,
+                            seed=job.params.seed)
+        return self._watermark(wav) if watermark else wav
+
+    def _stream(self, job: SpeechJob, chunk_size: int, watermark: bool) -> Iterator[np.ndarray]:
+        """Streaming: each window of ``chunk_size`` tokens is decoded as soon as it is drawn."""
+        stream = self.speech_tokens(job, flush_every=chunk_size)
+        with contextlib.closing(stream):
+            yield from stream_windows(self, stream, job.gen, chunk_size=chunk_size, watermark=watermark,
+                                      tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps, seed=job.params.seed)
 
     # -- conditionals ------------------------------------------------------------------
 
@@ -342,8 +339,13 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
     def _text_tokens(self, text: str) -> torch.Tensor:
         return cfg_text_batch(self.tokenizer.text_to_tokens(punc_norm(text)).to(self.device), self.t3.hp)
 
-    def _tokens_to_wav(self, speech_tokens: torch.Tensor, gen: dict) -> np.ndarray:
-        return tokens_to_wav(self, speech_tokens, gen)
+    def speech_job(self, text: str, *, conditionals: Conditionals | None, exaggeration: float, cfg_weight: float,
+                   temperature: float, repetition_penalty: float, min_p: float, top_p: float,
+                   max_new_tokens: int | None, seed: int | None) -> SpeechJob:
+        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
+        params = SamplingParams(max_new_tokens=token_cap(max_new_tokens), temperature=temperature, top_p=top_p,
+                                min_p=min_p, repetition_penalty=repetition_penalty, cfg_weight=cfg_weight, seed=seed)
+        return SpeechJob(call.t3, self._text_tokens(text), params, call.gen)
 
     def synthesize(
         self,
@@ -361,23 +363,10 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
         watermark: bool = True,
     ) -> np.ndarray:
         """Text to a float32 waveform at ``self.sr``, with the given conditionals."""
-        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
-        text_tokens = self._text_tokens(text)
-        with self.inference_lock, torch.inference_mode():
-            if seed is not None:
-                seed_everything(seed)
-            speech_tokens = self.t3.inference(
-                t3_cond=call.t3,
-                text_tokens=text_tokens,
-                max_new_tokens=token_cap(max_new_tokens),
-                temperature=temperature,
-                cfg_weight=cfg_weight,
-                repetition_penalty=repetition_penalty,
-                min_p=min_p,
-                top_p=top_p,
-            )
-            wav = self._tokens_to_wav(speech_tokens[0], call.gen)
-            return self._watermark(wav) if watermark else wav
+        job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
+                              temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
+                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        return self._synthesize(job, watermark)
 
     def generate(
         self,
@@ -424,9 +413,6 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
 
     # -- token-level streaming ---------------------------------------------------------
 
-    def _sample_speech_tokens(self, t3_cond: T3Cond, text_tokens: torch.Tensor, **sampling) -> Iterator[torch.Tensor]:
-        return sample_speech_tokens(self.t3, t3_cond, text_tokens, **sampling)
-
     def stream(
         self,
         text: str,
@@ -444,23 +430,10 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
         watermark: bool = True,
     ) -> Iterator[np.ndarray]:
         """Yield audio every ``chunk_size`` speech tokens while T3 is still sampling."""
-        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
-        text_tokens = self._text_tokens(text)
-        with self.inference_lock, torch.inference_mode():
-            if seed is not None:
-                seed_everything(seed)
-            sampler = self._sample_speech_tokens(
-                call.t3,
-                text_tokens,
-                max_new_tokens=token_cap(max_new_tokens),
-                temperature=temperature,
-                cfg_weight=cfg_weight,
-                repetition_penalty=repetition_penalty,
-                min_p=min_p,
-                top_p=top_p,
-            )
-            with contextlib.closing(sampler):
-                yield from stream_windows(self, sampler, call.gen, chunk_size=chunk_size, watermark=watermark)
+        job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
+                              temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
+                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        return self._stream(job, chunk_size, watermark)
 
     # -- voice conversion --------------------------------------------------------------
 
@@ -481,14 +454,11 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
         audio_16k = np.asarray(samples, dtype=np.float32)
         if sample_rate != S3_SR:
             audio_16k = librosa.resample(audio_16k, orig_sr=sample_rate, target_sr=S3_SR)
-        with self.inference_lock, torch.inference_mode():
-            if seed is not None:
-                seed_everything(seed)
+        with torch.inference_mode():
             audio = torch.from_numpy(audio_16k).float().to(self.device)[None,]
             speech_tokens, _ = self.s3gen.tokenizer(audio)
-            wav, _ = self.s3gen.inference(speech_tokens=speech_tokens, ref_dict=dict(target.gen))
-            wav = wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
-            return self._watermark(wav) if watermark else wav
+        wav = self.run_s3gen(speech_tokens, target.gen, seed=seed)
+        return self._watermark(wav) if watermark else wav
 
 class ConditionalsCodec:
     """Sizes and stores :class:`Conditionals` without pickle (safetensors).

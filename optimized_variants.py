@@ -3,9 +3,9 @@
 Both classes follow :class:`optimized_chatterbox.OptimizedChatterboxTTS`: a voice's
 conditionals come from an array (the library's own steps, returned rather than stored),
 every call takes its conditionals as an argument and never reads or writes ``self.conds``,
-a seeded call holds ``inference_lock`` from seeding to the last random draw, and the number
-of speech tokens is bounded. Otherwise each ``synthesize`` takes exactly the steps of its
-library class's ``generate``.
+and the number of speech tokens is bounded. T3 sampling runs in the model's decode engine
+(``t3_engine``), whose recipe for each variant takes the steps of its library class's
+``generate``: the multilingual loop with its alignment checks, Turbo's ``inference_turbo``.
 
 Voice conversion is not offered here: it always runs on the standard model's S3Gen.
 """
@@ -18,36 +18,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from chatterbox.models.s3gen import S3GEN_SR
 from chatterbox.models.s3gen.const import S3GEN_SIL
-from chatterbox.models.t3.inference.alignment_stream_analyzer import AlignmentStreamAnalyzer
-from chatterbox.models.t3.modules.cond_enc import T3Cond
 from chatterbox.mtl_tts import SUPPORTED_LANGUAGES, ChatterboxMultilingualTTS
 from chatterbox.mtl_tts import punc_norm as multilingual_punc_norm
 from chatterbox.tts import Conditionals
 from chatterbox.tts_turbo import ChatterboxTurboTTS
 from chatterbox.tts_turbo import punc_norm as turbo_punc_norm
 from settings import get_settings
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from optimized_chatterbox import (
-    SPEECH_VOCAB_SIZE,
     ArrayConditioningMixin,
+    SpeechJob,
     cfg_text_batch,
     default_device,
     token_cap,
-    sample_speech_tokens,
-    seed_everything,
-    stream_windows,
-    tokens_to_wav,
 )
+from t3_engine import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +52,7 @@ SUPPORTED_LANGUAGE_IDS: tuple[str, ...] = tuple(SUPPORTED_LANGUAGES)
 # ChatterboxMultilingualTTS.generate's defaults where they differ from the standard model's.
 MULTILINGUAL_REPETITION_PENALTY = 2.0
 # T3.inference reads cross-attention from this layer for the multilingual alignment checks.
-ALIGNMENT_LAYER_IDX = 9
+ALIGNMENT_LAYER_IDX = 9  # with layers 12 and 13 (the library's LLAMA_ALIGNED_HEADS)
 
 # ChatterboxTurboTTS.generate's defaults and fixed steps.
 TURBO_MIN_PROMPT_SECONDS = 5.0
@@ -83,7 +70,8 @@ TURBO_SILENCE_TOKENS = 3
 def alignment_hooks_released(module: torch.nn.Module) -> Iterator[None]:
     """Undo what an ``AlignmentStreamAnalyzer`` leaves on the transformer once the block ends.
 
-    The library builds a new analyzer on every multilingual ``T3.inference`` call. Each one
+    For calls of the library's own multilingual ``T3.inference`` (the engine registers no
+    hooks). The library builds a new analyzer on every such call. Each one
     registers forward hooks on attention layers and never removes them, so a long-running
     worker would pile up hooks (and the analyzers they keep alive) with every job, and run
     all of them on every forward pass. It also switches the attention implementation to
@@ -133,11 +121,17 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
         tokens = self.tokenizer.text_to_tokens(multilingual_punc_norm(text), language_id=language)
         return cfg_text_batch(tokens.to(self.device), self.t3.hp)
 
-    def _tokens_to_wav(self, speech_tokens: torch.Tensor, gen: dict) -> np.ndarray:
+    def speech_job(self, text: str, *, conditionals: Conditionals | None, exaggeration: float, cfg_weight: float,
+                   temperature: float, repetition_penalty: float, min_p: float, top_p: float,
+                   max_new_tokens: int | None, seed: int | None, language_id: str | None) -> SpeechJob:
+        language = self.normalize_language(language_id)
+        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
+        params = SamplingParams(max_new_tokens=token_cap(max_new_tokens), temperature=temperature, top_p=top_p,
+                                min_p=min_p, repetition_penalty=repetition_penalty, cfg_weight=cfg_weight, seed=seed)
         # The library's multilingual path skips the cut of control tokens that the standard
         # and Turbo paths make; without it a sampled control token would index past S3Gen's
         # vocabulary. So it takes the standard model's steps.
-        return tokens_to_wav(self, speech_tokens, gen)
+        return SpeechJob(call.t3, self._text_tokens(text, language), params, call.gen)
 
     def synthesize(
         self,
@@ -156,40 +150,10 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
         language_id: str | None = None,
     ) -> np.ndarray:
         """Text in ``language_id`` to a float32 waveform at ``self.sr``."""
-        language = self.normalize_language(language_id)
-        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
-        text_tokens = self._text_tokens(text, language)
-        with self.inference_lock, torch.inference_mode(), alignment_hooks_released(self.t3.tfmr):
-            if seed is not None:
-                seed_everything(seed)
-            speech_tokens = self.t3.inference(
-                t3_cond=call.t3,
-                text_tokens=text_tokens,
-                max_new_tokens=token_cap(max_new_tokens),
-                temperature=temperature,
-                cfg_weight=cfg_weight,
-                repetition_penalty=repetition_penalty,
-                min_p=min_p,
-                top_p=top_p,
-            )
-            wav = self._tokens_to_wav(speech_tokens[0], call.gen)
-            return self._watermark(wav) if watermark else wav
-
-    def _alignment_analyzer(self, len_cond: int, n_text_tokens: int) -> AlignmentStreamAnalyzer:
-        # What T3.inference builds for a multilingual model; it registers forward hooks,
-        # which the caller removes (alignment_hooks_released).
-        return AlignmentStreamAnalyzer(
-            self.t3.tfmr,
-            None,
-            text_tokens_slice=(len_cond, len_cond + n_text_tokens),
-            alignment_layer_idx=ALIGNMENT_LAYER_IDX,
-            eos_idx=self.t3.hp.stop_speech_token,
-        )
-
-    def _sample_speech_tokens(self, t3_cond: T3Cond, text_tokens: torch.Tensor, **sampling) -> Iterator[torch.Tensor]:
-        """``T3.inference``'s multilingual loop, alignment checks included, token by token."""
-        return sample_speech_tokens(self.t3, t3_cond, text_tokens, alignment_analyzer=self._alignment_analyzer,
-                                    **sampling)
+        job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
+                              temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
+                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, language_id=language_id)
+        return self._synthesize(job, watermark)
 
     def stream(
         self,
@@ -210,27 +174,13 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
     ) -> Iterator[np.ndarray]:
         """Yield audio every ``chunk_size`` speech tokens while T3 is still sampling.
 
-        Token-level, as the standard model streams: the sampler is the library's own loop
-        with its alignment checks, and each window is decoded with earlier tokens as context.
+        The engine runs the multilingual loop with its alignment checks (the library's
+        analyzer, fed one attention head of layers 9, 12 and 13 instead of forward hooks).
         """
-        language = self.normalize_language(language_id)
-        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
-        text_tokens = self._text_tokens(text, language)
-        with self.inference_lock, torch.inference_mode(), alignment_hooks_released(self.t3.tfmr):
-            if seed is not None:
-                seed_everything(seed)
-            sampler = self._sample_speech_tokens(
-                call.t3,
-                text_tokens,
-                max_new_tokens=token_cap(max_new_tokens),
-                temperature=temperature,
-                cfg_weight=cfg_weight,
-                repetition_penalty=repetition_penalty,
-                min_p=min_p,
-                top_p=top_p,
-            )
-            with contextlib.closing(sampler):
-                yield from stream_windows(self, sampler, call.gen, chunk_size=chunk_size, watermark=watermark)
+        job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
+                              temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
+                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, language_id=language_id)
+        return self._stream(job, chunk_size, watermark)
 
 
 class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
@@ -258,11 +208,6 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
         return torch.full((TURBO_SILENCE_TOKENS,), S3GEN_SIL, dtype=torch.long, device=self.device)
 
     @staticmethod
-    def _max_gen_len(max_new_tokens: int | None) -> int:
-        # inference_turbo draws one token before its loop of max_gen_len steps.
-        return max(token_cap(max_new_tokens) - 1, 0)
-
-    @staticmethod
     def _check_unsupported(language_id: str | None, cfg_weight: float, exaggeration: float, min_p: float) -> None:
         if language_id and language_id.lower() != "en":
             raise ValueError(f"the turbo model speaks English only (language_id {language_id!r}); "
@@ -271,13 +216,16 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
             # Requests carry the standard model's defaults, so this is routine, not a warning.
             logger.debug("turbo ignores cfg_weight, exaggeration and min_p")
 
-    def _tokens_to_wav(self, speech_tokens: torch.Tensor, gen: dict) -> np.ndarray:
-        speech_tokens = speech_tokens[speech_tokens < SPEECH_VOCAB_SIZE].to(self.device)
-        speech_tokens = torch.cat([speech_tokens, self._silence()])
-        wav, _ = self.s3gen.inference(
-            speech_tokens=speech_tokens, ref_dict=dict(gen), n_cfm_timesteps=TURBO_CFM_TIMESTEPS
-        )
-        return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+    def speech_job(self, text: str, *, conditionals: Conditionals | None, exaggeration: float, cfg_weight: float,
+                   temperature: float, repetition_penalty: float, min_p: float, top_p: float, top_k: int,
+                   max_new_tokens: int | None, seed: int | None, language_id: str | None) -> SpeechJob:
+        self._check_unsupported(language_id, cfg_weight, exaggeration, min_p)
+        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
+        # inference_turbo draws one token, then max_gen_len more: token_cap draws in all.
+        params = SamplingParams(max_new_tokens=token_cap(max_new_tokens), temperature=temperature, top_p=top_p,
+                                top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
+        return SpeechJob(call.t3, self._text_tokens(text), params, call.gen, tail=self._silence(),
+                         n_cfm_timesteps=TURBO_CFM_TIMESTEPS, cut_at_start_token=False)
 
     def synthesize(
         self,
@@ -297,76 +245,11 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
         language_id: str | None = None,
     ) -> np.ndarray:
         """Text to a float32 waveform at ``self.sr``; cfg_weight, exaggeration, min_p ignored."""
-        self._check_unsupported(language_id, cfg_weight, exaggeration, min_p)
-        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
-        text_tokens = self._text_tokens(text)
-        with self.inference_lock, torch.inference_mode():
-            if seed is not None:
-                seed_everything(seed)
-            speech_tokens = self.t3.inference_turbo(
-                t3_cond=call.t3,
-                text_tokens=text_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                repetition_penalty=repetition_penalty,
-                max_gen_len=self._max_gen_len(max_new_tokens),
-            )
-            wav = self._tokens_to_wav(speech_tokens, call.gen)
-            return self._watermark(wav) if watermark else wav
-
-    def _sample_speech_tokens(
-        self,
-        t3_cond: T3Cond,
-        text_tokens: torch.Tensor,
-        *,
-        max_gen_len: int,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        repetition_penalty: float,
-    ) -> Iterator[torch.Tensor]:
-        """``T3.inference_turbo``, yielding each speech token as it is drawn.
-
-        Step for step the library's loop (same processors, same RNG draws), so one seed
-        yields exactly the tokens ``inference_turbo`` returns, trailing stop token excluded.
-        """
-        t3 = self.t3
-        processors = LogitsProcessorList()
-        if temperature > 0 and temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(temperature))
-        if top_k > 0:
-            processors.append(TopKLogitsWarper(top_k))
-        if top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p))
-        if repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
-
-        start = t3.hp.start_speech_token * torch.ones_like(text_tokens[:, :1])
-        embeds, _ = t3.prepare_input_embeds(
-            t3_cond=t3_cond, text_tokens=text_tokens, speech_tokens=start, cfg_weight=0.0
-        )
-        outputs = t3.tfmr(inputs_embeds=embeds, use_cache=True)
-        past = outputs.past_key_values
-        logits = t3.speech_head(outputs[0][:, -1:])
-        probs = F.softmax(processors(start, logits[:, -1, :]), dim=-1)
-        token = torch.multinomial(probs, num_samples=1)
-        generated = [token]
-        # The library checks for the stop token only inside its loop; a stop token drawn
-        # first is kept and later dropped with the other control tokens.
-        yield token
-        for _ in range(max_gen_len):
-            outputs = t3.tfmr(inputs_embeds=t3.speech_emb(token), past_key_values=past, use_cache=True)
-            past = outputs.past_key_values
-            logits = t3.speech_head(outputs[0])
-            processed = processors(torch.cat(generated, dim=1), logits[:, -1, :])
-            if torch.all(processed == -float("inf")):
-                return
-            token = torch.multinomial(F.softmax(processed, dim=-1), num_samples=1)
-            generated.append(token)
-            if torch.all(token == t3.hp.stop_speech_token):
-                return
-            yield token
+        job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
+                              temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
+                              top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
+                              language_id=language_id)
+        return self._synthesize(job, watermark)
 
     def stream(
         self,
@@ -388,30 +271,14 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
     ) -> Iterator[np.ndarray]:
         """Yield audio every ``chunk_size`` speech tokens while T3 is still sampling.
 
-        Token-level, as the standard model streams: the sampler is ``inference_turbo``'s own
-        loop, each window is decoded with 2 flow steps and earlier tokens as context, and
-        the last window carries Turbo's trailing silence.
+        Each window is decoded with 2 flow steps and earlier tokens as context, and the last
+        window carries Turbo's trailing silence.
         """
-        self._check_unsupported(language_id, cfg_weight, exaggeration, min_p)
-        call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
-        text_tokens = self._text_tokens(text)
-        with self.inference_lock, torch.inference_mode():
-            if seed is not None:
-                seed_everything(seed)
-            sampler = self._sample_speech_tokens(
-                call.t3,
-                text_tokens,
-                max_gen_len=self._max_gen_len(max_new_tokens),
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                repetition_penalty=repetition_penalty,
-            )
-            with contextlib.closing(sampler):
-                yield from stream_windows(
-                    self, sampler, call.gen, chunk_size=chunk_size, watermark=watermark,
-                    tail=self._silence(), n_cfm_timesteps=TURBO_CFM_TIMESTEPS,
-                )
+        job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
+                              temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
+                              top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
+                              language_id=language_id)
+        return self._stream(job, chunk_size, watermark)
 
 
 VARIANT_CLASSES: dict[str, type[ArrayConditioningMixin]] = {

@@ -92,6 +92,38 @@ class Settings(BaseSettings):
         "auto", pattern="^(auto|off)$",
         description="Capture the T3 decode step as CUDA graphs at start-up (GPU only): auto or off")
 
+    # -- HTTP mode ---------------------------------------------------------------------
+    worker_mode: str = Field(
+        "queue", pattern="^(queue|http)$",
+        description="queue: RunPod queue handler (handler.py); http: the HTTP server (server.py) for load-balancing endpoints")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP server (RunPod load balancing sets PORT)")
+    port_health: int | None = Field(
+        None, ge=1, le=65535, description="Port that answers GET /ping in HTTP mode; default the same as PORT")
+    http_host: str = Field("0.0.0.0", description="Address the HTTP server binds to")
+    api_key: str | None = Field(
+        None, description="Bearer token the HTTP server requires on every route but /ping; unset: no token")
+    max_request_mb: float = Field(
+        25.0, gt=0, le=200, description="Largest HTTP request body, refused before it is read")
+    openai_voice_aliases: str = Field(
+        "alloy=Amy,ash=Aaron,ballad=Bella,coral=Dana,echo=Aaron,fable=Christopher,nova=Bella,onyx=Eric,"
+        "sage=Dana,shimmer=Amy,verse=Eric",
+        description="OpenAI voice names mapped to library voices: comma-separated name=voice pairs")
+    stream_first_chunk_tokens: int = Field(
+        12, ge=1, le=LIBRARY_MAX_NEW_TOKENS,
+        description="Speech tokens in the first streamed window of /v1/audio/speech (short: fast first audio)")
+    stream_chunk_tokens: int = Field(
+        25, ge=1, le=LIBRARY_MAX_NEW_TOKENS,
+        description="Speech tokens in each later streamed window of /v1/audio/speech")
+
+    @field_validator("openai_voice_aliases")
+    @classmethod
+    def _aliases(cls, value: str) -> str:
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            alias, sep, voice = pair.partition("=")
+            if not sep or not alias.strip() or not voice.strip():
+                raise ValueError(f"{pair!r}: write name=voice pairs, e.g. alloy=Amy")
+        return value
+
     @field_validator("chatterbox_models")
     @classmethod
     def _known_models(cls, value: str) -> str:
@@ -135,6 +167,16 @@ class Settings(BaseSettings):
         if RUNPOD_VOLUME.is_dir():
             return RUNPOD_VOLUME / "chatterbox-worker" / "conditionals"
         return Path.home() / ".cache" / "chatterbox-worker" / "conditionals"
+
+    @property
+    def voice_aliases(self) -> dict[str, str]:
+        """OPENAI_VOICE_ALIASES as {alias (lower case): library voice}."""
+        pairs = (p.partition("=") for p in self.openai_voice_aliases.split(",") if p.strip())
+        return {alias.strip().lower(): voice.strip() for alias, _, voice in pairs}
+
+    @property
+    def health_port(self) -> int:
+        return self.port_health or self.port
 
     @staticmethod
     def env_name(field: str) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from job_errors import JobError
 from request_schema import (
+    DeleteVoiceRequest,
     ListVoicesRequest,
     SearchVoicesRequest,
     TTSRequest,
@@ -55,6 +56,7 @@ OPERATIONS: dict[str, Operation] = {
     "list_local_voices": Operation(ListVoicesRequest, voices.list_voices),
     "list_voices": Operation(ListVoicesRequest, voices.list_voices),
     "search_local_voices": Operation(SearchVoicesRequest, voices.search_voices),
+    "delete_voice": Operation(DeleteVoiceRequest, voices.delete_voice),
     "voice_conversion": Operation(VoiceConversionRequest, conversion.convert_voice),
     "voice_transfer": Operation(VoiceTransferRequest, conversion.transfer_voice),
 }

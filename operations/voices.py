@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from job_errors import JobError, VoiceLibraryError
 from job_metrics import Timer
-from request_schema import ListVoicesRequest, SearchVoicesRequest
+from request_schema import DeleteVoiceRequest, ListVoicesRequest, SearchVoicesRequest
 from worker import Worker
 
 
@@ -24,3 +25,37 @@ def search_voices(worker: Worker, request: SearchVoicesRequest, progress=None) -
     voices = worker.library.search_voices(request.query, request.gender)
     return {"voices": voices, "total_results": len(voices), "query": request.query,
             "gender": request.gender, "metrics": timer.metrics(0.0, None)}
+
+
+# The library's words when it refuses to delete a shipped voice.
+SHIPPED_REFUSAL = "cannot be deleted"
+
+
+class ShippedVoiceError(JobError):
+    """A request to delete a voice the image ships: the client's fault, never retried."""
+
+
+def _exact_voice_id(worker: Worker, name: str) -> str:
+    """The id of the voice with exactly this name (any case): a deletion never follows the
+    partial matches that speaking in a voice allows."""
+    voice_id = worker.library.resolve_voice_id(name)
+    actual = worker.library.get_voice_info(voice_id).get("speaker_name", "")
+    if actual.casefold() != name.strip().casefold():
+        raise JobError("voice_name", f"no voice is named exactly {name!r} (closest: {actual!r}); "
+                                     "give the full name or the voice_id")
+    return voice_id
+
+
+def delete_voice(worker: Worker, request: DeleteVoiceRequest, progress=None) -> dict[str, Any]:
+    """Remove a saved voice; the shipped ones are refused by the library itself."""
+    timer = Timer()
+    voice_id = request.voice_id if request.voice_id is not None else _exact_voice_id(worker, request.voice_name)
+    try:
+        deleted = worker.library.delete_voice(voice_id)
+    except VoiceLibraryError as exc:
+        # The library reports the refusal as a library error; asking for it is the job's fault.
+        if SHIPPED_REFUSAL in exc.message:
+            raise ShippedVoiceError(exc.field, exc.message) from None
+        raise
+    return {"success": True, "deleted": deleted, "message": f"Voice {deleted.get('voice_id', voice_id)} deleted",
+            "metrics": timer.metrics(0.0, None)}

@@ -112,25 +112,28 @@ def test_generate_keeps_library_signature_and_leaves_model_state(model, speech):
 
 
 def test_stream_samples_the_library_tokens(model, speech):
-    """The streaming sampler draws exactly the tokens T3.inference returns for one seed."""
+    """The engine draws exactly the tokens T3.inference returns for one seed.
+
+    The library seeds the global RNG (torch.manual_seed); the engine seeds the job's own
+    torch.Generator with the same seed and draws with it in the same order, so the draws
+    agree token for token.
+    """
     from optimized_chatterbox import seed_everything
 
     samples, sr = speech
-    conds = model.conditionals_for_call(model.prepare_conditionals_from_array(samples, sr), 0.5)
-    text_tokens = model._text_tokens("Streaming check.")
-    kwargs = dict(max_new_tokens=6, temperature=0.8, cfg_weight=0.5, repetition_penalty=1.2,
-                  min_p=0.05, top_p=1.0)
+    conds = model.prepare_conditionals_from_array(samples, sr)
+    kwargs = dict(temperature=0.8, cfg_weight=0.5, repetition_penalty=1.2, min_p=0.05, top_p=1.0)
+    job = model.speech_job("Streaming check.", conditionals=conds, exaggeration=0.5, max_new_tokens=6, seed=11,
+                           **kwargs)
     with torch.inference_mode():
         seed_everything(11)
-        library_tokens = model.t3.inference(t3_cond=conds.t3, text_tokens=text_tokens, **kwargs)[0]
-        seed_everything(11)
-        conds = model.conditionals_for_call(conds, 0.5)
-        streamed = list(model._sample_speech_tokens(conds.t3, text_tokens, **kwargs))
-    streamed = torch.cat(streamed, dim=1)[0] if streamed else torch.zeros(0, dtype=torch.long)
+        library_tokens = model.t3.inference(t3_cond=model.conditionals_for_call(conds, 0.5).t3,
+                                            text_tokens=job.text_tokens, max_new_tokens=6, **kwargs)[0]
+    streamed = torch.tensor(list(model.speech_tokens(job)), dtype=torch.long)
     stop = model.t3.hp.stop_speech_token
     library_tokens = library_tokens[: (library_tokens == stop).nonzero()[0, 0]] if stop in library_tokens \
         else library_tokens
-    assert torch.equal(streamed.cpu(), library_tokens.cpu())
+    assert torch.equal(streamed, library_tokens.cpu())
 
 
 def test_stream_yields_chunks_of_audio(model, speech):

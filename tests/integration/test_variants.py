@@ -92,7 +92,11 @@ def test_seeded_synthesis_is_reproducible_and_leaves_no_hooks(variant_model, spe
 
 
 def test_stream_samples_the_library_tokens(variant_model, speech):
-    """For one seed, the streaming sampler draws exactly the tokens of the library's loop."""
+    """For one seed, the engine draws exactly the tokens of the library's loop.
+
+    The library seeds the global RNG; the engine seeds the job's own generator alike and
+    draws in the same order (see test_fidelity.test_stream_samples_the_library_tokens).
+    """
     from optimized_chatterbox import seed_everything
     from optimized_variants import alignment_hooks_released
 
@@ -100,26 +104,26 @@ def test_stream_samples_the_library_tokens(variant_model, speech):
     conds = variant_model.prepare_conditionals_from_array(samples, sr)
     t3 = variant_model.t3
     if variant_model.variant == "multilingual":
-        text_tokens = variant_model._text_tokens("Hola a todos.", "es")
-        kwargs = dict(max_new_tokens=6, temperature=0.8, cfg_weight=0.5, repetition_penalty=2.0,
-                      min_p=0.05, top_p=1.0)
-        library_call = lambda call: t3.inference(t3_cond=call.t3, text_tokens=text_tokens, **kwargs)[0]  # noqa: E731
+        kwargs = dict(temperature=0.8, cfg_weight=0.5, repetition_penalty=2.0, min_p=0.05, top_p=1.0)
+        job = variant_model.speech_job("Hola a todos.", conditionals=conds, exaggeration=0.5, max_new_tokens=6,
+                                       seed=11, language_id="es", **kwargs)
+        library_call = lambda call: t3.inference(t3_cond=call.t3, text_tokens=job.text_tokens,  # noqa: E731
+                                                 max_new_tokens=6, **kwargs)[0]
     else:
-        text_tokens = variant_model._text_tokens("Hello there.")
-        kwargs = dict(temperature=0.8, top_k=1000, top_p=0.95, repetition_penalty=1.2, max_gen_len=5)
-        library_call = lambda call: t3.inference_turbo(t3_cond=call.t3, text_tokens=text_tokens, **kwargs)[0]  # noqa: E731
+        kwargs = dict(temperature=0.8, top_k=1000, top_p=0.95, repetition_penalty=1.2)
+        job = variant_model.speech_job("Hello there.", conditionals=conds, exaggeration=0.0, cfg_weight=0.0,
+                                       min_p=0.0, max_new_tokens=6, seed=11, language_id=None, **kwargs)
+        library_call = lambda call: t3.inference_turbo(t3_cond=call.t3, text_tokens=job.text_tokens,  # noqa: E731
+                                                       max_gen_len=5, **kwargs)[0]
     with torch.inference_mode(), alignment_hooks_released(t3.tfmr):
         seed_everything(11)
         library_tokens = library_call(variant_model.conditionals_for_call(conds, 0.5))
-        seed_everything(11)
-        streamed = list(variant_model._sample_speech_tokens(variant_model.conditionals_for_call(conds, 0.5).t3,
-                                                            text_tokens, **kwargs))
-    streamed = torch.cat(streamed, dim=1)[0] if streamed else torch.zeros(0, dtype=torch.long)
+    streamed = torch.tensor(list(variant_model.speech_tokens(job)), dtype=torch.long)
     stop = t3.hp.stop_speech_token
-    if stop in library_tokens:  # the multilingual loop returns its stop token; the sampler ends there
+    if stop in library_tokens:  # the multilingual loop returns its stop token; the engine ends there
         library_tokens = library_tokens[: (library_tokens == stop).nonzero()[0, 0]]
     assert streamed.numel() > 0
-    assert torch.equal(streamed.cpu(), library_tokens.cpu())
+    assert torch.equal(streamed, library_tokens.cpu())
 
 
 def test_tts_job_through_the_handler(variant_worker, variant_model, monkeypatch):

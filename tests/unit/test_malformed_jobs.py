@@ -302,6 +302,11 @@ LIST_AND_SEARCH_CASES = [
          "search-query-too-long"),
     case({"operation": "search_local_voices", "gender": ["female"]}, "gender", "search-gender-list"),
     case({"operation": "search_local_voices", "voice_name": "Amy"}, "voice_name", "search-unknown-field"),
+    case({"operation": "delete_voice"}, "voice_id", "delete-no-voice"),
+    case({"operation": "delete_voice", "voice_id": AMY_ID, "voice_name": "Amy"}, "voice_id", "delete-two-voices"),
+    case({"operation": "delete_voice", "voice_id": UNKNOWN_VOICE_ID}, "voice_id", "delete-unknown-id"),
+    case({"operation": "delete_voice", "voice_id": AMY_ID}, "voice_id", "delete-shipped-voice"),
+    case({"operation": "delete_voice", "voice_name": 5}, "voice_name", "delete-voice_name-int"),
 ]
 
 VOICE_CONVERSION_CASES = [
