@@ -37,6 +37,10 @@ class VoiceNotFoundError(JobError):
     """A voice id or name that the library does not hold."""
 
 
+class ShippedVoiceError(JobError):
+    """A request to delete a voice the image or an old deployment ships: refused, never retried."""
+
+
 class VoiceLibraryError(ServerError):
     """A voice the library lists but cannot serve, or a library it cannot write."""
 

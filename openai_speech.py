@@ -23,10 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import http_metrics
 from audio_streaming import MAX_SPEED, MIN_SPEED, SPEECH_FORMATS, SPEECH_MIME_TYPES, AudioStreamEncoder, encode_speech
-from job_errors import JobError, ServerError, ServiceUnavailableError, VoiceNotFoundError
+from job_errors import JobError, ServerError, ServiceUnavailableError, ShippedVoiceError, VoiceNotFoundError
 from job_metrics import Timer
 from limits import LIBRARY_MAX_NEW_TOKENS, MAX_SEED, MAX_TEXT_CHARS, SPEECH_TOKENS_PER_SECOND
-from operations.voices import ShippedVoiceError
 from request_schema import TTSRequest, validate_request
 from settings import SettingsError, get_settings
 from speech_pipeline import SpeechJob, prepare_speech, speak, speak_stream

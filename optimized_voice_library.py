@@ -28,7 +28,7 @@ import soundfile as sf
 from filelock import Timeout as LockTimeout
 
 from audio_io import audio_fingerprint
-from job_errors import JobError, VoiceLibraryError, VoiceNotFoundError
+from job_errors import JobError, ShippedVoiceError, VoiceLibraryError, VoiceNotFoundError
 from limits import MAX_DESCRIPTION_CHARS, MAX_GENDER_CHARS, MAX_NAME_CHARS, MB
 from settings import Settings, get_settings, mb_to_bytes
 from voice_library import lookup
@@ -361,7 +361,7 @@ class OptimizedVoiceLibrary:
                     raise VoiceNotFoundError("voice_id", f"voice '{voice_id}' not found in the voice library")
                 name = entry.get("speaker_name", voice_id)
                 if not is_deletable(entry):
-                    raise VoiceLibraryError(
+                    raise ShippedVoiceError(
                         "voice_id", f"voice '{voice_id}' ({name}) is a shipped voice and cannot be deleted")
                 path, _ = self._store.entry_path(voice_id, entry)
                 entries = {vid: e for vid, e in state.entries.items() if vid != voice_id}

@@ -418,7 +418,7 @@ def _rotate_half(x):
 # -- jobs -----------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class _Job:
     embeds: torch.Tensor  # [rows, T, dim] prefill embeddings
     params: SamplingParams
@@ -693,7 +693,13 @@ class T3Engine:
                 with torch.inference_mode():
                     self._iteration()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
-                self._recover(exc)
+                try:
+                    self._recover(exc)
+                except Exception:  # noqa: BLE001
+                    logger.exception("T3 engine recovery failed; failing the jobs in flight")
+                    for job in self._active:
+                        job.out.put(exc)
+                    self._active = []
 
     def _iteration(self) -> None:
         self._drop_cancelled()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from job_errors import JobError, VoiceLibraryError
+from job_errors import JobError
 from job_metrics import Timer
 from request_schema import DeleteVoiceRequest, ListVoicesRequest, SearchVoicesRequest
 from worker import Worker
@@ -27,14 +27,6 @@ def search_voices(worker: Worker, request: SearchVoicesRequest, progress=None) -
             "gender": request.gender, "metrics": timer.metrics(0.0, None)}
 
 
-# The library's words when it refuses to delete a shipped voice.
-SHIPPED_REFUSAL = "cannot be deleted"
-
-
-class ShippedVoiceError(JobError):
-    """A request to delete a voice the image ships: the client's fault, never retried."""
-
-
 def _exact_voice_id(worker: Worker, name: str) -> str:
     """The id of the voice with exactly this name (any case): a deletion never follows the
     partial matches that speaking in a voice allows."""
@@ -50,12 +42,6 @@ def delete_voice(worker: Worker, request: DeleteVoiceRequest, progress=None) -> 
     """Remove a saved voice; the shipped ones are refused by the library itself."""
     timer = Timer()
     voice_id = request.voice_id if request.voice_id is not None else _exact_voice_id(worker, request.voice_name)
-    try:
-        deleted = worker.library.delete_voice(voice_id)
-    except VoiceLibraryError as exc:
-        # The library reports the refusal as a library error; asking for it is the job's fault.
-        if SHIPPED_REFUSAL in exc.message:
-            raise ShippedVoiceError(exc.field, exc.message) from None
-        raise
+    deleted = worker.library.delete_voice(voice_id)
     return {"success": True, "deleted": deleted, "message": f"Voice {deleted.get('voice_id', voice_id)} deleted",
             "metrics": timer.metrics(0.0, None)}

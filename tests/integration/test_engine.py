@@ -293,7 +293,8 @@ def test_teacher_forced_logits_match_the_library(real, voice):
     """Fed the same tokens, the engine's logits equal the library's within LOGIT_TOLERANCE."""
     variant, model = real
     conds = model.prepare_conditionals_from_array(*voice)
-    job = real_job(variant, model, conds, "Bonjour tout le monde.", seed=11)
+    # A cap past the forced tokens, so the step after the last one is compared too.
+    job = real_job(variant, model, conds, "Bonjour tout le monde.", seed=11, n=REAL_TOKENS + 4)
     t3_cond = lambda: model.conditionals_for_call(conds, 0.5 if variant != "turbo" else 0.0).t3  # noqa: E731
     tokens = library_tokens(model.t3, variant, t3_cond(), job.text_tokens, REAL_TOKENS, seed=11)
     stream = model.speech_tokens(job, forced_tokens=tokens)

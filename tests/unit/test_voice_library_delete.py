@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from job_errors import VoiceLibraryError, VoiceNotFoundError
+from job_errors import ShippedVoiceError, VoiceNotFoundError
 from optimized_voice_library import OptimizedVoiceLibrary
 from test_voice_library import build_legacy_library, make_audio, temp_files
 
@@ -58,7 +58,7 @@ def test_legacy_and_demo_voices_are_never_deleted(tmp_path, library, library_dir
     for root, lib in ((tmp_path / "legacy", OptimizedVoiceLibrary(tmp_path / "legacy")), (library_dir, library)):
         before = (root / "voice_catalog.json").read_bytes()
         for voice in lib.list_voices():
-            with pytest.raises(VoiceLibraryError) as info:
+            with pytest.raises(ShippedVoiceError) as info:
                 lib.delete_voice(voice["voice_id"])
             assert info.value.field == "voice_id"
             assert f"'{voice['voice_id']}' ({voice['speaker_name']}) is a shipped voice and cannot be deleted" \
@@ -72,10 +72,10 @@ def test_a_shipped_voice_saved_over_stays_shipped(tmp_path):
     build_legacy_library(root, [("de16e46c", "Amy", "female")])
     lib = OptimizedVoiceLibrary(root)
     assert lib.save_voice("amy", make_audio(4), SR)["voice_id"] == "de16e46c"
-    with pytest.raises(VoiceLibraryError, match="shipped voice"):
+    with pytest.raises(ShippedVoiceError, match="shipped voice"):
         lib.delete_voice("de16e46c")
     demo = lib.save_voice("Demo", make_audio(5), SR, deletable=False)
-    with pytest.raises(VoiceLibraryError, match="shipped voice"):
+    with pytest.raises(ShippedVoiceError, match="shipped voice"):
         lib.delete_voice(demo["voice_id"])
 
 
