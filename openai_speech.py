@@ -10,7 +10,6 @@ raw audio or as server-sent events, and OpenAI's error shape.
 from __future__ import annotations
 
 import base64
-import inspect
 import json
 import logging
 import time
@@ -235,11 +234,8 @@ def speech_windows(worker: Any, job: SpeechJob, text: str) -> Iterator[np.ndarra
     """The one place streamed speech asks the pipeline for windows: a short first window
     (STREAM_FIRST_CHUNK_TOKENS) for fast first audio, then STREAM_CHUNK_TOKENS each."""
     settings = get_settings()
-    first, rest = settings.stream_first_chunk_tokens, settings.stream_chunk_tokens
-    if "first_chunk_size" in inspect.signature(speak_stream).parameters:
-        return speak_stream(worker, job, text, rest, first_chunk_size=first)
-    # A pipeline without a separate first window: every window is as short as the first must be.
-    return speak_stream(worker, job, text, min(first, rest))
+    return speak_stream(worker, job, text, settings.stream_chunk_tokens,
+                        first_chunk_size=settings.stream_first_chunk_tokens)
 
 
 def stream_audio(worker: Any, prepared: PreparedSpeech) -> Iterator[bytes]:

@@ -189,11 +189,17 @@ def speak(worker: Worker, job: SpeechJob, text: str, progress: Progress | None =
     return join_audio_chunks(parts, job.model.sr)
 
 
-def speak_stream(worker: Worker, job: SpeechJob, text: str, chunk_size: int) -> Iterator[np.ndarray]:
-    """Audio windows for ``text``, each yielded the moment the model has decoded it."""
-    for sentence_chunk in split_text(text) or [text]:
+def speak_stream(worker: Worker, job: SpeechJob, text: str, chunk_size: int,
+                 first_chunk_size: int | None = None) -> Iterator[np.ndarray]:
+    """Audio windows for ``text``, each yielded the moment the model has decoded it.
+
+    ``first_chunk_size`` makes the stream's first window shorter than the rest, so that the
+    first audio leaves early; later sentence chunks use ``chunk_size`` throughout.
+    """
+    for index, sentence_chunk in enumerate(split_text(text) or [text]):
+        first = {"first_chunk_size": first_chunk_size} if index == 0 and first_chunk_size else {}
         windows = stream_with_memory_retry(worker, lambda: job.model.stream(
-            sentence_chunk, conditionals=job.conditionals, chunk_size=chunk_size, **job.sampling))
+            sentence_chunk, conditionals=job.conditionals, chunk_size=chunk_size, **first, **job.sampling))
         for wav in windows:
             if wav.size:  # an empty window (the model stopped right after a full one) is no chunk
                 yield wav

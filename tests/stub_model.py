@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from audio_io import audio_fingerprint
+from limits import SPEECH_TOKENS_PER_SECOND
 
 STUB_SR = 24000
 # Stub audio length per character of text, so longer text gives longer audio.
@@ -75,11 +76,14 @@ class StubModel:
         self.generations.append((text, conditionals.fingerprint))
         return self._audio(text, conditionals, seed)
 
-    def stream(self, text, *, conditionals, chunk_size=50, seed=None, **_):
+    def stream(self, text, *, conditionals, chunk_size=50, first_chunk_size=None, seed=None, **_):
         wav = self.synthesize(text, conditionals=conditionals, seed=seed)
-        step = max(1, chunk_size * self.sr // 25)  # 25 speech tokens per second of audio
-        for start in range(0, len(wav), step):
+        samples_per_token = self.sr // SPEECH_TOKENS_PER_SECOND
+        start, size = 0, first_chunk_size or chunk_size
+        while start < len(wav):
+            step = max(1, size * samples_per_token)
             yield wav[start:start + step]
+            start, size = start + step, chunk_size
 
     def convert_voice(self, samples, sample_rate, target, *, watermark=True, seed=None):
         self.generations.append(("<conversion>", target.fingerprint))

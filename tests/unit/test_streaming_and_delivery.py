@@ -141,3 +141,14 @@ def test_oversized_result_is_uploaded_when_a_bucket_is_set(run_job, monkeypatch)
     data, fmt = uploads[0]
     wav, sr = sf.read(io.BytesIO(data))
     assert fmt == "wav" and sr == result["sample_rate"] and wav.size > 0
+
+
+def test_the_first_window_may_be_shorter_than_the_rest(worker):
+    import operations
+    from job_metrics import Timer
+    from speech_pipeline import prepare_speech, speak_stream
+
+    request = operations.parse_request({"text": "A sentence long enough for a few windows of audio, " * 3}).request
+    job = prepare_speech(worker, request, None, Timer(), exaggeration=0.5, cfg_weight=0.5)
+    sizes = [w.size for w in speak_stream(worker, job, request.text, chunk_size=25, first_chunk_size=5)]
+    assert len(sizes) > 2 and sizes[0] == 5 * 24000 // 25 and sizes[1] == 25 * 24000 // 25
