@@ -5,11 +5,17 @@ The library computes a voice's conditionals from a file path (``librosa.load`` o
 library's resampling and trimming step for step, and returns the conditionals rather than
 storing them on the model. Generation takes the conditionals per call, so concurrent jobs
 never read each other's voice, and nothing is ever written to the file system.
+
+Speech tokens come from the model's decode engine (:mod:`t3_engine`): every call from any
+thread becomes a job there, batched with the others into shared T3 steps, drawing from its
+own seeded generator. ``synthesize`` decodes the tokens once at the end; ``stream`` decodes
+each window on the calling thread as soon as its tokens are drawn, while the engine goes on.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +30,8 @@ from chatterbox.models.s3tokenizer import S3_SR
 from chatterbox.models.t3.modules.cond_enc import T3Cond
 from chatterbox.tts import ChatterboxTTS, Conditionals, punc_norm
 from safetensors.torch import load_file, save_file
+
+from audio_io import resample
 from settings import get_settings
 from t3_engine import EngineConfig, SamplingParams, T3Engine, TokenStream
 
@@ -50,12 +58,10 @@ _ENGINE_CREATION = threading.Lock()
 def prompt_at_model_rate(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """What ``librosa.load(path, sr=24000)`` returns for a file holding these samples.
 
-    librosa resamples with soxr_hq; any other resampler changes the speech tokens.
+    librosa resamples with soxr_hq (:func:`audio_io.resample`); any other resampler changes
+    the speech tokens.
     """
-    wav = np.asarray(samples, dtype=np.float32)
-    if sample_rate != S3GEN_SR:
-        wav = librosa.resample(wav, orig_sr=sample_rate, target_sr=S3GEN_SR)
-    return wav
+    return resample(samples, sample_rate, S3GEN_SR)
 
 
 def pad_to_decodable(speech_tokens: torch.Tensor) -> torch.Tensor:
@@ -134,8 +140,10 @@ def stream_windows(
     tail: torch.Tensor | None = None,
     n_cfm_timesteps: int | None = None,
     seed: int | None = None,
+    first_chunk_size: int | None = None,
 ) -> Iterator[np.ndarray]:
-    """Decode every ``chunk_size`` sampled tokens; the last window also carries ``tail``.
+    """Decode every ``chunk_size`` sampled tokens (the first window: ``first_chunk_size``, so
+    that the first audio leaves early); the last window also carries ``tail``.
 
     Each window is decoded (on the caller's thread) as soon as its tokens are drawn; the
     engine keeps stepping meanwhile. A seeded job seeds each window's S3Gen noise from its
@@ -146,7 +154,7 @@ def stream_windows(
     window = 0
     for token in tokens_in:
         tokens.append(token)
-        if len(tokens) - emitted >= chunk_size:
+        if len(tokens) - emitted >= (first_chunk_size if window == 0 and first_chunk_size else chunk_size):
             wav = decode_window(model, tokens, emitted, gen, n_cfm_timesteps=n_cfm_timesteps,
                                 seed=None if seed is None else seed + window)
             emitted, window = len(tokens), window + 1
@@ -194,6 +202,7 @@ class ArrayConditioningMixin:
         # from_pretrained ends in from_local on the downloaded snapshot, so both paths land here.
         model = super().from_local(ckpt_dir, device, *args, **kwargs)
         model.checkpoint_dir = Path(ckpt_dir)
+        model.warm_up()  # at start-up, not in the first job: the KV cache, on a GPU the graphs
         return model
 
     def __init__(self, *args, **kwargs):
@@ -254,12 +263,17 @@ class ArrayConditioningMixin:
                             seed=job.params.seed)
         return self._watermark(wav) if watermark else wav
 
-    def _stream(self, job: SpeechJob, chunk_size: int, watermark: bool) -> Iterator[np.ndarray]:
-        """Streaming: each window of ``chunk_size`` tokens is decoded as soon as it is drawn."""
-        stream = self.speech_tokens(job, flush_every=chunk_size)
+    def _stream(self, job: SpeechJob, chunk_size: int, watermark: bool,
+                first_chunk_size: int | None = None) -> Iterator[np.ndarray]:
+        """Streaming: each window of ``chunk_size`` tokens (the first: ``first_chunk_size``) is
+        decoded as soon as it is drawn."""
+        # Tokens are handed over in groups that divide every window, so no window waits.
+        flush_every = math.gcd(first_chunk_size, chunk_size) if first_chunk_size else chunk_size
+        stream = self.speech_tokens(job, flush_every=flush_every)
         with contextlib.closing(stream):
             yield from stream_windows(self, stream, job.gen, chunk_size=chunk_size, watermark=watermark,
-                                      tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps, seed=job.params.seed)
+                                      tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps, seed=job.params.seed,
+                                      first_chunk_size=first_chunk_size)
 
     # -- conditionals ------------------------------------------------------------------
 
@@ -276,7 +290,7 @@ class ArrayConditioningMixin:
             raise ValueError(f"the {self.variant} model needs a voice prompt longer than "
                              f"{self.min_prompt_seconds:g} s")
         s3gen_ref_wav = self.prepare_prompt(s3gen_ref_wav)
-        ref_16k_wav = librosa.resample(s3gen_ref_wav, orig_sr=S3GEN_SR, target_sr=S3_SR)
+        ref_16k_wav = resample(s3gen_ref_wav, S3GEN_SR, S3_SR)
 
         with torch.inference_mode():
             gen = self.s3gen.embed_ref(
@@ -419,6 +433,7 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
         *,
         conditionals: Conditionals | None = None,
         chunk_size: int = 50,
+        first_chunk_size: int | None = None,
         exaggeration: float = 0.5,
         cfg_weight: float = 0.5,
         temperature: float = 0.8,
@@ -433,7 +448,7 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
         job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
                               temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
                               top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-        return self._stream(job, chunk_size, watermark)
+        return self._stream(job, chunk_size, watermark, first_chunk_size)
 
     # -- voice conversion --------------------------------------------------------------
 
@@ -451,9 +466,7 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
         ``ChatterboxVC.set_target_voice`` computes exactly ``conds.gen`` (the first 10 s at
         24 kHz through ``embed_ref``), so a voice's cached conditionals serve both TTS and VC.
         """
-        audio_16k = np.asarray(samples, dtype=np.float32)
-        if sample_rate != S3_SR:
-            audio_16k = librosa.resample(audio_16k, orig_sr=sample_rate, target_sr=S3_SR)
+        audio_16k = resample(samples, sample_rate, S3_SR)
         with torch.inference_mode():
             audio = torch.from_numpy(audio_16k).float().to(self.device)[None,]
             speech_tokens, _ = self.s3gen.tokenizer(audio)

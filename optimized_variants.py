@@ -46,9 +46,6 @@ CKPT_DIR_ENV = {
     TURBO_VARIANT: "CHATTERBOX_TURBO_CKPT_DIR",
 }
 
-# The language codes the multilingual model accepts, for request validation.
-SUPPORTED_LANGUAGE_IDS: tuple[str, ...] = tuple(SUPPORTED_LANGUAGES)
-
 # ChatterboxMultilingualTTS.generate's defaults where they differ from the standard model's.
 MULTILINGUAL_REPETITION_PENALTY = 2.0
 # T3.inference reads cross-attention from this layer for the multilingual alignment checks.
@@ -161,6 +158,7 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
         *,
         conditionals: Conditionals | None = None,
         chunk_size: int = 50,
+        first_chunk_size: int | None = None,
         exaggeration: float = 0.5,
         cfg_weight: float = 0.5,
         temperature: float = 0.8,
@@ -180,7 +178,7 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
         job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
                               temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
                               top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, language_id=language_id)
-        return self._stream(job, chunk_size, watermark)
+        return self._stream(job, chunk_size, watermark, first_chunk_size)
 
 
 class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
@@ -257,6 +255,7 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
         *,
         conditionals: Conditionals | None = None,
         chunk_size: int = 50,
+        first_chunk_size: int | None = None,
         exaggeration: float = 0.0,
         cfg_weight: float = 0.0,
         temperature: float = TURBO_TEMPERATURE,
@@ -278,7 +277,7 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
                               temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
                               top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
                               language_id=language_id)
-        return self._stream(job, chunk_size, watermark)
+        return self._stream(job, chunk_size, watermark, first_chunk_size)
 
 
 VARIANT_CLASSES: dict[str, type[ArrayConditioningMixin]] = {

@@ -34,12 +34,13 @@ def test_fifty_jobs_eight_threads_five_voices(real_worker, model, monkeypatch):
     # Capture what each generation actually fed T3 and S3Gen, per job thread.
     current = threading.local()
     used: list[tuple[str, torch.Tensor, torch.Tensor]] = []
-    t3_inference, synthesize = model.t3.inference, model.synthesize
+    speech_tokens, synthesize = model.speech_tokens, model.synthesize
 
-    def spy_t3(*args, **kwargs):
-        current.speaker_emb = kwargs["t3_cond"].speaker_emb.clone()
-        current.prompt_tokens = kwargs["t3_cond"].cond_prompt_speech_tokens.clone()
-        return t3_inference(*args, **kwargs)
+    def spy_t3(job, **kwargs):
+        # What this job hands the T3 decode engine (its T3 conditionals).
+        current.speaker_emb = job.t3_cond.speaker_emb.clone()
+        current.prompt_tokens = job.t3_cond.cond_prompt_speech_tokens.clone()
+        return speech_tokens(job, **kwargs)
 
     def spy_synthesize(text, **kwargs):
         current.gen_embedding = kwargs["conditionals"].gen["embedding"].clone()
@@ -47,7 +48,7 @@ def test_fifty_jobs_eight_threads_five_voices(real_worker, model, monkeypatch):
         used.append((text, current.speaker_emb, current.prompt_tokens, current.gen_embedding))
         return wav
 
-    monkeypatch.setattr(model.t3, "inference", spy_t3)
+    monkeypatch.setattr(model, "speech_tokens", spy_t3)
     monkeypatch.setattr(model, "synthesize", spy_synthesize)
 
     barrier = threading.Barrier(N_THREADS)
