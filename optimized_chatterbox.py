@@ -229,6 +229,13 @@ class ArrayConditioningMixin:
                     self._t3_engine = engine
         return self._t3_engine
 
+    def close(self) -> None:
+        """Stop this model's T3 engine, so that the model can be freed."""
+        with _ENGINE_CREATION:
+            engine, self._t3_engine = self._t3_engine, None
+        if engine is not None:
+            engine.stop()
+
     def engine_stats(self) -> dict:
         """Counters of the T3 engine (jobs, tokens, steps, out-of-memory retries)."""
         return self._t3_engine.stats() if self._t3_engine is not None else {}

@@ -618,6 +618,7 @@ class T3Engine:
         self._pending: list[_Job] = []
         self._active: list[_Job] = []
         self._thread: threading.Thread | None = None
+        self._stopping = False
         self._stats = {"jobs": 0, "tokens": 0, "steps": 0, "oom_retries": 0, "oom_failures": 0,
                        "max_batch_jobs": 0, "graph_replays": 0}
 
@@ -711,11 +712,27 @@ class T3Engine:
 
     # -- the loop ----------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """End the loop once the jobs in flight are done, and free the KV cache.
+
+        The loop's thread holds the model's T3; a model that is let go must stop its engine
+        or its weights stay in memory for the life of the process.
+        """
+        with self._lock:
+            thread, self._stopping = self._thread, True
+            self._lock.notify()
+        if thread is not None:
+            thread.join()
+        with self._lock:
+            self._thread, self._stopping, self.cache = None, False, None
+
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         while True:
             with self._lock:
                 while not self._pending and not self._active:
+                    if self._stopping:
+                        return
                     self._lock.wait()
             try:
                 with torch.inference_mode():

@@ -330,6 +330,7 @@ def real(request, model):
     ckpt = os.environ.get(CKPT_DIR_ENV[variant]) or load_checkpoint_script().ensure_checkpoint(variant)
     loaded = create_variant_tts(variant, "cpu", ckpt)
     yield variant, loaded
+    loaded.close()  # its engine's thread holds the weights
     del loaded
     gc.collect()
 
@@ -404,3 +405,18 @@ def test_seeded_synthesis_from_threads_equals_solo_audio(model, voice):
     for t in threads:
         t.join()
     assert all(np.array_equal(a, b) for a, b in zip(results, solo))
+
+
+def test_a_stopped_engine_ends_its_thread_and_lets_the_model_go():
+    import weakref
+
+    t3 = build_tiny_t3("standard", layers=TINY_LAYERS["standard"])
+    engine = T3Engine(t3, "standard", EngineConfig(max_slots=2, max_context_tokens=256))
+    engine.start()
+    thread = engine._thread
+    engine.stop()
+    assert not thread.is_alive() and engine.cache is None
+    ref = weakref.ref(t3)
+    del t3, engine, thread
+    gc.collect()
+    assert ref() is None

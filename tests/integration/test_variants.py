@@ -33,6 +33,7 @@ def variant_model(request):
     ckpt = os.environ.get(CKPT_DIR_ENV[variant]) or load_checkpoint_script().ensure_checkpoint(variant)
     model = create_variant_tts(variant, "cpu", ckpt)
     yield model
+    model.close()  # its engine's thread holds the weights
     del model
     gc.collect()
 
