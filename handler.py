@@ -21,10 +21,6 @@ from settings import SettingsError, get_settings
 
 logger = logging.getLogger("chatterbox_worker")
 
-# Jobs in flight per worker when MAX_CONCURRENT_JOBS is unset: a GPU's decode engine
-# batches this many into shared steps; on a CPU more jobs only queue for the same cores.
-GPU_CONCURRENT_JOBS = 8
-CPU_CONCURRENT_JOBS = 2
 FINGERPRINT_MEMO = "checkpoint-fingerprints.json"
 CACHE_FLUSH_AT_EXIT_SECONDS = 30.0
 
@@ -172,11 +168,8 @@ async def async_stream_handler(job: dict[str, Any]) -> AsyncIterator[dict[str, A
 
 def max_concurrent_jobs() -> int:
     """``MAX_CONCURRENT_JOBS``, or what the loaded models' device takes well."""
-    configured = get_settings().max_concurrent_jobs
-    if configured is not None:
-        return configured
     device = str(getattr(next(iter(_worker.models.values()), None), "device", "cpu")) if _worker else "cpu"
-    return GPU_CONCURRENT_JOBS if device.startswith("cuda") else CPU_CONCURRENT_JOBS
+    return get_settings().concurrent_jobs(on_gpu=device.startswith("cuda"))
 
 
 def configure_logging() -> None:

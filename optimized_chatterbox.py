@@ -224,7 +224,8 @@ class ArrayConditioningMixin:
         if self._t3_engine is None:
             with _ENGINE_CREATION:
                 if self._t3_engine is None:
-                    engine = T3Engine(self.t3, self.variant, EngineConfig.from_settings())
+                    config = EngineConfig.from_settings(on_gpu=self.t3.device.type == "cuda")
+                    engine = T3Engine(self.t3, self.variant, config)
                     engine.start()
                     self._t3_engine = engine
         return self._t3_engine

@@ -19,6 +19,10 @@ from limits import LIBRARY_MAX_NEW_TOKENS, MB, MODEL_VARIANTS
 # Where RunPod mounts a network volume; caches there survive worker replacement.
 RUNPOD_VOLUME = Path("/runpod-volume")
 _OFF = ("off", "none", "0", "false")
+# Jobs in flight per worker when MAX_CONCURRENT_JOBS is unset: a GPU's decode engine batches
+# this many into shared steps; on a CPU more jobs only queue for the same cores.
+GPU_CONCURRENT_JOBS = 8
+CPU_CONCURRENT_JOBS = 2
 
 
 class SettingsError(ValueError):
@@ -79,8 +83,9 @@ class Settings(BaseSettings):
         2048.0, ge=0, description="Disk bound of the conditionals cache, shared by every worker on the volume")
 
     # -- decode engine -----------------------------------------------------------------
-    engine_max_slots: int = Field(
-        8, ge=1, le=64, description="Jobs per model that share one T3 decode step (continuous batching)")
+    engine_max_slots: int | None = Field(
+        None, ge=1, le=64,
+        description="Jobs per model that share one T3 decode step (continuous batching); default the worker's concurrency")
     engine_max_context_tokens: int = Field(
         2048, ge=256, le=8192, description="KV cache length per job row: prompt, text and speech tokens")
     engine_kv_memory_fraction: float = Field(
@@ -177,6 +182,12 @@ class Settings(BaseSettings):
     @property
     def health_port(self) -> int:
         return self.port_health or self.port
+
+    def concurrent_jobs(self, on_gpu: bool) -> int:
+        """Jobs in flight per worker: ``MAX_CONCURRENT_JOBS``, or what the device takes well."""
+        if self.max_concurrent_jobs is not None:
+            return self.max_concurrent_jobs
+        return GPU_CONCURRENT_JOBS if on_gpu else CPU_CONCURRENT_JOBS
 
     @staticmethod
     def env_name(field: str) -> str:

@@ -574,11 +574,13 @@ class EngineConfig:
     kv_memory_fraction: float = DEFAULT_KV_MEMORY_FRACTION
 
     @classmethod
-    def from_settings(cls) -> "EngineConfig":
+    def from_settings(cls, on_gpu: bool = False) -> "EngineConfig":
         from settings import get_settings
 
         s = get_settings()
-        return cls(max_slots=s.engine_max_slots, max_context_tokens=s.engine_max_context_tokens,
+        # As many slots as jobs the worker takes at once: more would only reserve memory.
+        slots = s.engine_max_slots or s.concurrent_jobs(on_gpu)
+        return cls(max_slots=slots, max_context_tokens=s.engine_max_context_tokens,
                    dtype=s.t3_dtype, cuda_graphs=s.cuda_graphs, kv_memory_fraction=s.engine_kv_memory_fraction)
 
 

@@ -43,6 +43,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Room for the largest batch measured (the worker's own default follows its concurrency).
+os.environ.setdefault("ENGINE_MAX_SLOTS", "16")
 
 logger = logging.getLogger("benchmark")
 

@@ -18,6 +18,9 @@ from real_model import N_SHORT_VOICES, SHORT_VOICE_SECONDS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Four jobs share a decode step (enough to prove batching with three concurrent jobs) while
+# the KV cache of each loaded model stays small beside the three models some tests load.
+os.environ.setdefault("ENGINE_MAX_SLOTS", "4")
 
 
 def load_checkpoint_script():

@@ -17,7 +17,9 @@ def served(worker, monkeypatch):
 
 
 def test_concurrency_follows_the_setting_and_the_device(served, monkeypatch):
-    assert served.max_concurrent_jobs() == served.CPU_CONCURRENT_JOBS
+    from settings import CPU_CONCURRENT_JOBS
+
+    assert served.max_concurrent_jobs() == CPU_CONCURRENT_JOBS
     monkeypatch.setenv("MAX_CONCURRENT_JOBS", "5")
     config = served.serverless_config([])
     assert config["concurrency_modifier"](1) == 5
