@@ -46,6 +46,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Room for the largest batch measured (the worker's own default follows its concurrency).
 os.environ.setdefault("ENGINE_MAX_SLOTS", "16")
 
+from bench.random_checkpoint import checkpoint_dir  # noqa: E402 (after the path set-up above)
+
 logger = logging.getLogger("benchmark")
 
 MB = 1024 * 1024
@@ -63,18 +65,6 @@ TEXTS = ("The quick brown fox jumps over the lazy dog.", "A second sentence, som
          "Batched decoding shares one forward pass.", "Seeds keep each job reproducible.", "The last one.",
          ) * 2
 SAMPLING = dict(temperature=0.8, cfg_weight=0.5, repetition_penalty=1.2, min_p=0.05, top_p=1.0)
-
-
-def checkpoint_dir() -> Path:
-    configured = os.environ.get("CHATTERBOX_CKPT_DIR")
-    if configured:
-        return Path(configured)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_random_checkpoint", REPO / "scripts" / "make_random_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ensure_checkpoint("standard")
 
 
 def sync(device: str) -> None:

@@ -41,6 +41,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(REPO))
 
+from bench.random_checkpoint import checkpoint_dir  # noqa: E402 (after the path set-up above)
+
 logger = logging.getLogger("benchmark")
 
 LOOPBACK = "127.0.0.1"
@@ -53,18 +55,6 @@ STREAM_REPS = 2
 CONCURRENCY_LEVELS = (1, 4)
 REQUESTS_PER_LEVEL = 4
 REQUEST_TIMEOUT_S = 600.0
-
-
-def checkpoint_dir() -> Path:
-    configured = os.environ.get("CHATTERBOX_CKPT_DIR")
-    if configured:
-        return Path(configured)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_random_checkpoint", REPO / "scripts" / "make_random_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ensure_checkpoint("standard")
 
 
 def short_library(target: Path, seconds: float) -> str:
