@@ -338,8 +338,11 @@ def real_worker(library_dir: Path, cache_dir: Path):
     """
     import handler
 
+    from settings import reload_settings
+
     os.environ["VOICE_LIBRARY_DIR"] = str(library_dir)
     os.environ["CONDITIONALS_CACHE_DIR"] = str(cache_dir)
+    reload_settings()  # the worker reads its settings once; the soak sets them late
     return handler.load_worker()
 
 
