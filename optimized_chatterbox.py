@@ -10,12 +10,15 @@ Speech tokens come from the model's decode engine (:mod:`t3_engine`): every call
 thread becomes a job there, batched with the others into shared T3 steps, drawing from its
 own seeded generator. ``synthesize`` decodes the tokens once at the end; ``stream`` decodes
 each window on the calling thread as soon as its tokens are drawn, while the engine goes on.
+S3Gen's noise comes from generators of each decode's own (:mod:`s3gen_noise`), so no part of
+generation draws from torch's global RNG.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
+import secrets
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from chatterbox.models.t3.modules.cond_enc import T3Cond
 from chatterbox.tts import ChatterboxTTS, Conditionals, punc_norm
 from safetensors.torch import load_file, save_file
 
+import s3gen_noise
 from audio_io import resample
 from settings import get_settings
 from t3_engine import EngineConfig, SamplingParams, T3Engine, TokenStream
@@ -82,7 +86,11 @@ def token_cap(max_new_tokens: int | None) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed the process-global RNGs that T3 sampling and the S3Gen flow draw from."""
+    """Seed torch's process-global RNGs, as the library's own seeded runs are seeded.
+
+    Nothing in this worker draws from them (T3 jobs and S3Gen decodes have their own
+    generators); the tests and benchmarks seed the library's loops with this to compare.
+    """
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
@@ -210,9 +218,10 @@ class ArrayConditioningMixin:
         # The built-in voice as loaded. ``self.conds`` stays for library compatibility, but
         # the library's own prepare_conditionals overwrites it, so nothing here reads it.
         self.builtin_conds: Conditionals | None = self.conds
-        # T3 sampling needs no lock (the engine's thread owns it, each job its own
-        # generator), but S3Gen draws its noise from torch's process-global RNG: a seeded
-        # decode holds this lock from seeding to its last draw.
+        # S3Gen's noise comes from each decode's own generators (s3gen_noise), so this lock
+        # guards no state: it keeps one S3Gen decode per model at a time, because two at once
+        # only contend for the same cores (CPU) or stream (GPU) and each finishes later.
+        s3gen_noise.install(self.s3gen)
         self.s3gen_lock = threading.Lock()
         self._t3_engine: T3Engine | None = None
 
@@ -249,9 +258,9 @@ class ArrayConditioningMixin:
                   n_cfm_timesteps: int | None = None) -> np.ndarray:
         """S3Gen audio for speech tokens, with the voice's ``gen`` conditionals (float32)."""
         kwargs = {} if n_cfm_timesteps is None else {"n_cfm_timesteps": n_cfm_timesteps}
-        with self.s3gen_lock, torch.inference_mode():
-            if seed is not None:
-                seed_everything(seed)
+        # Seeded like torch.manual_seed(seed): the library's own audio for that seed.
+        gens = s3gen_noise.generators(seed if seed is not None else secrets.randbits(63), self.device)
+        with self.s3gen_lock, torch.inference_mode(), s3gen_noise.drawing_from(gens):
             wav, _ = self.s3gen.inference(speech_tokens=speech_tokens.to(self.device), ref_dict=dict(gen), **kwargs)
         return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
 

@@ -1,6 +1,8 @@
 """Constants and helpers for tests on the real model."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 # Each generation is bounded to a handful of speech tokens: random weights rarely stop,
@@ -20,3 +22,21 @@ def conditionals_tensors(conds) -> dict[str, torch.Tensor]:
 def bitwise_equal(a, b) -> bool:
     ta, tb = conditionals_tensors(a), conditionals_tensors(b)
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+@contextlib.contextmanager
+def library_s3gen_methods(s3gen):
+    """The library's own S3Gen methods (drawing from the global RNG) for the duration.
+
+    ``s3gen_noise.install`` sets its methods on the instances; removing them exposes the
+    classes' methods again, and they are put back after.
+    """
+    source = s3gen.mel2wav.m_source
+    owners = [(s3gen, "flow_inference"), (s3gen.flow.decoder, "forward"), (source, "forward"),
+              (source.l_sin_gen, "forward")]
+    saved = [(obj, name, obj.__dict__.pop(name)) for obj, name in owners]
+    try:
+        yield
+    finally:
+        for obj, name, method in saved:
+            setattr(obj, name, method)

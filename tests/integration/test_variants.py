@@ -127,6 +127,25 @@ def test_stream_samples_the_library_tokens(variant_model, speech):
     assert torch.equal(streamed, library_tokens.cpu())
 
 
+def test_s3gen_draws_the_library_s_noise_from_the_job_s_seed(variant_model, speech):
+    """Turbo's mean-flow noise and both vocoders' draws come from the decode's generators:
+    the library's audio for the seed, with the global RNG untouched."""
+    from optimized_chatterbox import seed_everything
+    from real_model import library_s3gen_methods
+
+    samples, sr = speech
+    gen = variant_model.prepare_conditionals_from_array(samples, sr).gen
+    window = torch.randint(0, 6561, (6,), generator=torch.Generator().manual_seed(3))
+    steps = {"n_cfm_timesteps": 2} if variant_model.variant == "turbo" else {}
+    with library_s3gen_methods(variant_model.s3gen), torch.inference_mode():
+        seed_everything(13)
+        expected = variant_model.s3gen.inference(speech_tokens=window, ref_dict=dict(gen), **steps)[0]
+    state = torch.get_rng_state()
+    ours = variant_model.run_s3gen(window, gen, seed=13, **steps)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert np.array_equal(ours, expected.squeeze(0).numpy())
+
+
 def test_tts_job_through_the_handler(variant_worker, variant_model, monkeypatch):
     import handler
 
