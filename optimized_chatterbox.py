@@ -20,7 +20,7 @@ import logging
 import math
 import secrets
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 import s3gen_noise
 from audio_io import resample
+from s3gen_batching import S3GenLane, Window
 from settings import get_settings
 from t3_engine import EngineConfig, SamplingParams, T3Engine, TokenStream
 
@@ -94,6 +95,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def _batched_field(values: list):
+    """One S3Gen conditionals field for a batch: as it is when every row has the same tensor
+    (S3Gen repeats it), else the rows' tensors stacked."""
+    if all(v is values[0] for v in values):
+        return values[0]
+    return torch.cat(values)
 
 
 def cfg_text_batch(tokens: torch.Tensor, hp) -> torch.Tensor:
@@ -218,11 +227,11 @@ class ArrayConditioningMixin:
         # The built-in voice as loaded. ``self.conds`` stays for library compatibility, but
         # the library's own prepare_conditionals overwrites it, so nothing here reads it.
         self.builtin_conds: Conditionals | None = self.conds
-        # S3Gen's noise comes from each decode's own generators (s3gen_noise), so this lock
-        # guards no state: it keeps one S3Gen decode per model at a time, because two at once
-        # only contend for the same cores (CPU) or stream (GPU) and each finishes later.
+        # S3Gen's noise comes from each decode's own generators (s3gen_noise). One S3Gen call
+        # runs at a time (two at once only contend for the same cores or GPU stream); the
+        # windows that wait meanwhile share the next call where they can (s3gen_batching).
         s3gen_noise.install(self.s3gen)
-        self.s3gen_lock = threading.Lock()
+        self.s3gen_lane = S3GenLane(self._decode_windows, max_batch=get_settings().s3gen_max_batch)
         self._t3_engine: T3Engine | None = None
 
     # -- the decode engine -------------------------------------------------------------
@@ -247,8 +256,10 @@ class ArrayConditioningMixin:
             engine.stop()
 
     def engine_stats(self) -> dict:
-        """Counters of the T3 engine (jobs, tokens, steps, out-of-memory retries)."""
-        return self._t3_engine.stats() if self._t3_engine is not None else {}
+        """Counters of the T3 engine (jobs, tokens, steps, out-of-memory retries) and of the
+        S3Gen lane (``s3gen``: calls, windows, calls shared by several windows)."""
+        stats = self._t3_engine.stats() if self._t3_engine is not None else {}
+        return {**stats, "s3gen": self.s3gen_lane.stats()}
 
     def warm_up(self) -> None:
         """Start the engine now: allocate its KV cache and, on a GPU, capture its CUDA graphs."""
@@ -256,13 +267,26 @@ class ArrayConditioningMixin:
 
     def run_s3gen(self, speech_tokens: torch.Tensor, gen: dict, *, seed: int | None = None,
                   n_cfm_timesteps: int | None = None) -> np.ndarray:
-        """S3Gen audio for speech tokens, with the voice's ``gen`` conditionals (float32)."""
-        kwargs = {} if n_cfm_timesteps is None else {"n_cfm_timesteps": n_cfm_timesteps}
-        # Seeded like torch.manual_seed(seed): the library's own audio for that seed.
-        gens = s3gen_noise.generators(seed if seed is not None else secrets.randbits(63), self.device)
-        with self.s3gen_lock, torch.inference_mode(), s3gen_noise.drawing_from(gens):
-            wav, _ = self.s3gen.inference(speech_tokens=speech_tokens.to(self.device), ref_dict=dict(gen), **kwargs)
-        return wav.squeeze(0).detach().cpu().numpy().astype(np.float32, copy=False)
+        """S3Gen audio for speech tokens, with the voice's ``gen`` conditionals (float32).
+
+        Seeded, the noise is drawn as after ``torch.manual_seed(seed)``: the library's own
+        audio for that seed, decoded alone. Unseeded, the window may share an S3Gen call with
+        other jobs' windows that wait at the same time.
+        """
+        window = Window(tokens=speech_tokens.reshape(-1), gen=gen, n_cfm_timesteps=n_cfm_timesteps,
+                        seed=seed if seed is not None else secrets.randbits(63), seeded=seed is not None)
+        return self.s3gen_lane.decode(window)
+
+    def _decode_windows(self, windows: Sequence[Window]) -> list[np.ndarray]:
+        """One S3Gen call for windows of equal length (the lane's ``decode``)."""
+        first = windows[0]
+        kwargs = {} if first.n_cfm_timesteps is None else {"n_cfm_timesteps": first.n_cfm_timesteps}
+        tokens = torch.stack([w.tokens for w in windows]).to(self.device)
+        ref = {key: _batched_field([w.gen[key] for w in windows]) for key in first.gen}
+        rows = [s3gen_noise.generators(w.seed, self.device) for w in windows]
+        with torch.inference_mode(), s3gen_noise.drawing_from(*rows):
+            wavs, _ = self.s3gen.inference(speech_tokens=tokens, ref_dict=ref, **kwargs)
+        return [wav.detach().cpu().numpy().astype(np.float32, copy=False) for wav in wavs]
 
     def speech_tokens(self, job: SpeechJob, *, forced_tokens: list[int] | None = None,
                       flush_every: int | None = 1) -> TokenStream:

@@ -37,27 +37,35 @@ def generators(seed: int, device: torch.device | str) -> dict[str, torch.Generat
 
 
 @contextlib.contextmanager
-def drawing_from(gens: dict[str, torch.Generator]) -> Iterator[None]:
-    """S3Gen calls on this thread draw from ``gens`` (from :func:`generators`) until exit."""
-    previous = getattr(_local, "gens", None)
-    _local.gens = gens
+def drawing_from(*rows: dict[str, torch.Generator]) -> Iterator[None]:
+    """S3Gen calls on this thread draw from these generators (from :func:`generators`) until
+    exit: one set per row of the batch, so that each row draws what it would draw alone."""
+    previous = getattr(_local, "rows", None)
+    _local.rows = rows
     try:
         yield
     finally:
-        _local.gens = previous
+        _local.rows = previous
 
 
-def _generator(device: torch.device) -> torch.Generator | None:
-    gens = getattr(_local, "gens", None)
-    return None if gens is None else gens[device.type]
+def _draw(fn, shape, dtype: torch.dtype, device) -> torch.Tensor:
+    device = torch.device(device)
+    rows = getattr(_local, "rows", None)
+    if rows is None:
+        return fn(shape, dtype=dtype, device=device)  # no decode of ours: the library's draw
+    if len(rows) == 1:
+        return fn(shape, generator=rows[0][device.type], dtype=dtype, device=device)
+    if shape[0] != len(rows):
+        raise ValueError(f"a draw of shape {tuple(shape)} for a batch of {len(rows)} rows")
+    return torch.cat([fn((1, *shape[1:]), generator=row[device.type], dtype=dtype, device=device) for row in rows])
 
 
-def randn(shape, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.randn(shape, generator=_generator(torch.device(device)), dtype=dtype, device=device)
+def randn(shape, *, dtype: torch.dtype, device) -> torch.Tensor:
+    return _draw(torch.randn, shape, dtype, device)
 
 
-def rand(shape, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.rand(shape, generator=_generator(torch.device(device)), dtype=dtype, device=device)
+def rand(shape, *, dtype: torch.dtype, device) -> torch.Tensor:
+    return _draw(torch.rand, shape, dtype, device)
 
 
 # -- the library's methods, with their draws taken from here ----------------------------------
@@ -88,7 +96,9 @@ def _flow_inference(self, speech_tokens, ref_wav=None, ref_sr=None, ref_dict=Non
     n_cfm_timesteps = n_cfm_timesteps or (2 if self.meanflow else 10)
     noise = None
     if self.meanflow:
-        noise = randn((1, 80, speech_tokens.size(-1) * 2), dtype=self.dtype, device=self.device)
+        # The library draws one row for the whole batch; a row each is what each decodes alone.
+        rows = torch.atleast_2d(speech_tokens).size(0)
+        noise = randn((rows, 80, speech_tokens.size(-1) * 2), dtype=self.dtype, device=self.device)
     return S3Token2Mel.forward(self, speech_tokens, speech_token_lens=speech_token_lens, ref_wav=ref_wav,
                                ref_sr=ref_sr, ref_dict=ref_dict, n_cfm_timesteps=n_cfm_timesteps,
                                finalize=finalize, noised_mels=noise)

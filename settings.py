@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     cuda_graphs: str = Field(
         "auto", pattern="^(auto|off)$",
         description="Capture the T3 decode step as CUDA graphs at start-up (GPU only): auto or off")
+    s3gen_max_batch: int = Field(
+        8, ge=1, le=64,
+        description="Most waiting S3Gen windows of unseeded jobs decoded in one call (1: each alone); seeded jobs are always decoded alone")
 
     # -- HTTP mode ---------------------------------------------------------------------
     worker_mode: str = Field(

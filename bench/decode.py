@@ -8,13 +8,15 @@ measures, in one process:
   batch 1, one run each, prefill included (wall time / tokens); the two draw the same
   tokens, which is checked;
 - ``tokens_per_s``: aggregate decode throughput with 1, 4, 8 (and on CUDA 16) concurrent
-  jobs, counted once every job is past its prefill (``tokens_per_s_wall`` includes the
-  prefills), and ``aggregate_speedup_4`` / ``_8`` over one job;
+  jobs of CONCURRENT_JOB_TOKENS tokens, counted while all of them are in flight
+  (``tokens_per_s_wall``: the whole run, prefills and the tail included), and
+  ``aggregate_speedup_4`` / ``_8`` over one job;
 - ``tiny_ms_per_token_*``: a deliberately tiny T3 (2 layers, width 256, the real
   vocabularies) where framework overhead dominates, as on a GPU; marginal ms per token
   (the difference of a long and a short run), median of TINY_REPS;
-- ``s3gen_batch``: two windows decoded in one S3Gen call vs one after the other;
-- ``e2e_jobs_per_min`` at concurrency 1 and 4: whole ``tts`` jobs through
+- ``s3gen_batch``: S3Gen seconds per window when 1, 2 or 4 windows share a call;
+- ``e2e_jobs_per_min`` at concurrency 1 and 4 (``e2e_long_jobs_per_min``: jobs of
+  E2E_LONG_TOKENS tokens): whole ``tts`` jobs through
   ``handler.run_job`` with an injected worker, from 1 or 4 threads;
 - ``peak_memory_mb``: peak RSS on CPU, peak allocated GPU memory on CUDA.
 
@@ -52,13 +54,21 @@ logger = logging.getLogger("benchmark")
 
 MB = 1024 * 1024
 JOB_TOKENS = 16
+# Concurrent jobs run longer, so that all of them decode together for a good while after the
+# last one's prefill (jobs arrive one prefill apart).
+CONCURRENT_JOB_TOKENS = 48
 CONCURRENCY = (1, 4, 8)
 CUDA_CONCURRENCY = (1, 4, 8, 16)
 TINY_LAYERS, TINY_WIDTH = 2, 256
 TINY_SHORT, TINY_LONG = 2, 102
 TINY_REPS = 3
+S3GEN_BATCHES = (1, 2, 4)  # windows per S3Gen call; every size decodes the same 4 windows
 E2E_JOBS = 4
 E2E_CONCURRENCY = (1, 4)
+# Speech tokens per end-to-end job: JOB_TOKENS (0.64 s of audio), and a short sentence's worth
+# (2.56 s). S3Gen's cost is mostly the voice prompt's, the same for any length, while T3's
+# grows with the tokens, and only T3 gains from batching: the longer job shows the share.
+E2E_LONG_TOKENS = 64
 VOICE_SECONDS = 3.0
 TEXTS = ("The quick brown fox jumps over the lazy dog.", "A second sentence, somewhat longer than the first one.",
          "Short.", "Numbers like three hundred and twelve are spelled out.", "Every job says something else.",
@@ -92,7 +102,9 @@ def library_run(model, job, n: int, seed: int, device: str) -> tuple[float, list
 
 
 def concurrent_throughput(model, jobs) -> dict[str, float]:
-    """All jobs submitted at once; tokens/s over the steps where every job is decoding."""
+    """All jobs submitted at once. ``tokens_per_s``: aggregate tokens/s while every job is in
+    flight (from the last job's first token to the first job's last); ``tokens_per_s_wall``:
+    every token over the whole run, prefills and the tail where fewer jobs are left included."""
     stamps: list[list[float]] = [[] for _ in jobs]
 
     def run(i, job):
@@ -105,15 +117,30 @@ def concurrent_throughput(model, jobs) -> dict[str, float]:
         t.start()
     for t in threads:
         t.join()
-    end = max(s[-1] for s in stamps)
     all_in = max(s[0] for s in stamps)  # the last job's first token: every prefill is done
-    after = sum(1 for s in stamps for x in s if x > all_in)
+    first_out = min(s[-1] for s in stamps)  # the first job's last token
+    inside = sum(1 for s in stamps for x in s if all_in < x <= first_out)
     total = sum(len(s) for s in stamps)
-    return {"tokens_per_s": after / (end - all_in) if end > all_in else float("nan"),
-            "tokens_per_s_wall": total / (end - t0), "tokens": total}
+    return {"tokens_per_s": inside / (first_out - all_in) if first_out > all_in else float("nan"),
+            "tokens_per_s_wall": total / (max(s[-1] for s in stamps) - t0), "tokens": total,
+            "steady_tokens": inside}
 
 
-def tiny_ms_per_token(device: str) -> dict[str, float]:
+def tiny_ms_per_token(device: str, threads: int | None = None) -> dict[str, float]:
+    """Marginal ms/token of the tiny T3, library loop vs engine; ``threads``: intra-op threads
+    for both (restored after), the engine's thread included as it is started here."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _tiny_ms_per_token(device)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _tiny_ms_per_token(device: str) -> dict[str, float]:
     import torch
 
     from t3_engine import EngineConfig, SamplingParams, T3Engine, build_tiny_t3, tiny_conditionals, tiny_text_tokens
@@ -158,6 +185,7 @@ def tiny_ms_per_token(device: str) -> dict[str, float]:
             _floor_step(engine, t3, x, F)
         sync(device)
     out["matmul_floor"] = (time.perf_counter() - t0) / 200 * 1000
+    engine.stop()
     return out
 
 
@@ -171,32 +199,29 @@ def _floor_step(engine, t3, x, F):
 
 
 def s3gen_batch(model, gen: dict, device: str) -> dict[str, Any]:
-    """Two windows of JOB_TOKENS tokens: one batched S3Gen call vs two calls."""
+    """S3Gen seconds per window of JOB_TOKENS tokens when 1, 2 or 4 windows share a call
+    (``_decode_windows``, the lane's call: each row with its own noise)."""
     import torch
 
+    from s3gen_batching import Window
+
     g = torch.Generator().manual_seed(0)
-    windows = torch.randint(0, 6561, (2, JOB_TOKENS), generator=g).to(device)
-    with torch.inference_mode():
-        model.s3gen.inference(speech_tokens=windows[:1], ref_dict=dict(gen))  # warm-up
+    tokens = [torch.randint(0, 6561, (JOB_TOKENS,), generator=g) for _ in range(max(S3GEN_BATCHES))]
+    windows = [Window(tokens=t, gen=gen, seed=i, seeded=False) for i, t in enumerate(tokens)]
+    model._decode_windows(windows[:1])  # warm-up
+    per_window = {}
+    for size in S3GEN_BATCHES:
         sync(device)
         t0 = time.perf_counter()
-        for w in windows:
-            model.s3gen.inference(speech_tokens=w[None], ref_dict=dict(gen))
+        for start in range(0, len(windows), size):
+            model._decode_windows(windows[start:start + size])
         sync(device)
-        sequential = time.perf_counter() - t0
-        try:
-            t0 = time.perf_counter()
-            model.s3gen.inference(speech_tokens=windows, ref_dict=dict(gen))
-            sync(device)
-            batched = time.perf_counter() - t0
-            error = None
-        except Exception as exc:  # the library's S3Gen may refuse a batch
-            batched, error = None, f"{type(exc).__name__}: {exc}"
-    return {"windows": 2, "tokens_per_window": JOB_TOKENS, "sequential_s": sequential, "batched_s": batched,
-            "batched_error": error, "batching_faster": bool(batched is not None and batched < sequential)}
+        per_window[str(size)] = (time.perf_counter() - t0) / len(windows)
+    return {"tokens_per_window": JOB_TOKENS, "seconds_per_window": per_window,
+            "speedup": {k: per_window["1"] / v for k, v in per_window.items()}}
 
 
-def e2e(model, device: str, tmp: Path) -> dict[str, float]:
+def e2e(model, device: str, tmp: Path, tokens: int) -> dict[str, float]:
     """Whole tts jobs through handler.run_job with an injected worker, from 1 or 4 threads."""
     import handler
     from conditionals_cache import ConditionalsCache
@@ -212,7 +237,9 @@ def e2e(model, device: str, tmp: Path) -> dict[str, float]:
     worker = Worker({"standard": model}, library, ConditionalsCache(ConditionalsCodec(device), disk_dir=None))
 
     def job(i):
-        return {"text": TEXTS[i], "voice_name": "Bench", "max_new_tokens": JOB_TOKENS, "seed": 100 + i}
+        # Unseeded, as OpenAI-style clients send them: their S3Gen windows may share calls
+        # (a seeded job's are decoded alone). Random weights run every job to its token cap.
+        return {"text": TEXTS[i], "voice_name": "Bench", "max_new_tokens": tokens}
 
     warm = handler.run_job(job(0), lambda: worker)  # conditionals into the cache; one-off costs
     if "error" in warm:
@@ -289,7 +316,7 @@ def run(args) -> dict[str, Any]:
     logger.info("concurrent jobs: %s", concurrency)
     throughput = {}
     for c in concurrency:
-        throughput[str(c)] = concurrent_throughput(model, [job(i) for i in range(c)])
+        throughput[str(c)] = concurrent_throughput(model, [job(i, n=CONCURRENT_JOB_TOKENS) for i in range(c)])
         logger.info("  %d jobs: %.2f tokens/s", c, throughput[str(c)]["tokens_per_s"])
     result["tokens_per_s"] = {c: t["tokens_per_s"] for c, t in throughput.items()}
     result["tokens_per_s_wall"] = {c: t["tokens_per_s_wall"] for c, t in throughput.items()}
@@ -305,16 +332,27 @@ def run(args) -> dict[str, Any]:
     result["tiny_ms_per_token_engine"] = tiny["engine"]
     result["tiny_matmul_floor_ms"] = tiny["matmul_floor"]
     result["tiny_overhead_ratio"] = (tiny["engine"] - tiny["matmul_floor"]) / (tiny["library"] - tiny["matmul_floor"])
+    if device == "cpu":
+        # The same with one intra-op thread for both loops: the framework's own cost per token,
+        # without OpenMP waking its workers for every op (several microseconds to tens of
+        # microseconds here, depending on which threads hold worker pools), which a GPU lacks.
+        one = tiny_ms_per_token(device, threads=1)
+        result["tiny_one_thread"] = {"library_ms_per_token": one["library"], "engine_ms_per_token": one["engine"],
+                                     "ratio": one["engine"] / one["library"]}
 
     if not args.skip_s3gen_batch:
-        logger.info("S3Gen: batched windows vs one after the other")
+        logger.info("S3Gen: windows sharing a call")
         result["s3gen_batch"] = s3gen_batch(model, conds.gen, device)
 
     logger.info("end to end through handler.run_job")
     with tempfile.TemporaryDirectory() as tmp:
-        result["e2e_jobs_per_min"] = e2e(model, device, Path(tmp))
+        result["e2e_jobs_per_min"] = e2e(model, device, Path(tmp), JOB_TOKENS)
+        result["e2e_long_jobs_per_min"] = e2e(model, device, Path(tmp) / "long", E2E_LONG_TOKENS)
     result["e2e_speedup_4"] = result["e2e_jobs_per_min"]["4"] / result["e2e_jobs_per_min"]["1"]
+    result["e2e_long_tokens"] = E2E_LONG_TOKENS
+    result["e2e_long_speedup_4"] = result["e2e_long_jobs_per_min"]["4"] / result["e2e_long_jobs_per_min"]["1"]
     result["engine"] = model.engine_stats()
+    result["e2e_seeded"] = False
     result["peak_memory_mb"] = peak_memory_mb(device)
     result["load_average"] = os.getloadavg()
     result["wall_s"] = time.perf_counter() - started
@@ -339,14 +377,21 @@ def table(r: dict[str, Any]) -> str:
         ("tiny matmul floor ms", f"{r['tiny_matmul_floor_ms']:.2f}",
          f"overhead ratio {r['tiny_overhead_ratio']:.2f}"),
     ]
+    if "tiny_one_thread" in r:
+        one = r["tiny_one_thread"]
+        rows.append(("tiny ms/token, 1 thread: library / engine",
+                     f"{one['library_ms_per_token']:.2f} / {one['engine_ms_per_token']:.2f}", f"ratio {one['ratio']:.2f}"))
     if "s3gen_batch" in r:
         s = r["s3gen_batch"]
-        rows.append(("S3Gen 2 windows: sequential / batched s", f"{s['sequential_s']:.2f} / "
-                     f"{s['batched_s'] if s['batched_s'] is None else round(s['batched_s'], 2)}",
-                     "batch faster" if s["batching_faster"] else "batching not faster"))
+        rows.append(("S3Gen s/window, 1 / 2 / 4 windows a call",
+                     " / ".join(f"{v:.2f}" for v in s["seconds_per_window"].values()),
+                     "speed-up " + " / ".join(f"{v:.2f}x" for v in s["speedup"].values())))
     for c, v in r["e2e_jobs_per_min"].items():
-        rows.append((f"e2e jobs/min, concurrency {c}", f"{v:.2f}", ""))
-    rows += [("e2e speedup at 4", f"{r['e2e_speedup_4']:.2f}x", "goal >= 1.5x"),
+        rows.append((f"e2e jobs/min, {r['job_tokens']} tokens, concurrency {c}", f"{v:.2f}", ""))
+    rows.append((f"e2e speedup at 4, {r['job_tokens']} tokens", f"{r['e2e_speedup_4']:.2f}x", "goal >= 1.5x"))
+    for c, v in r["e2e_long_jobs_per_min"].items():
+        rows.append((f"e2e jobs/min, {r['e2e_long_tokens']} tokens, concurrency {c}", f"{v:.2f}", ""))
+    rows += [(f"e2e speedup at 4, {r['e2e_long_tokens']} tokens", f"{r['e2e_long_speedup_4']:.2f}x", "goal >= 1.5x"),
              ("peak memory MB", f"{r['peak_memory_mb']:.0f}", ""), ("wall s", f"{r['wall_s']:.0f}", "")]
     width = max(len(a) for a, _, _ in rows)
     return "\n".join(f"{a:<{width}}  {b:>16}  {c}" for a, b, c in rows)
