@@ -128,6 +128,7 @@ def decode_window(
     tail: torch.Tensor | None = None,
     n_cfm_timesteps: int | None = None,
     seed: int | None = None,
+    exact_seed: bool = True,
 ) -> np.ndarray:
     """Audio for ``tokens[start:]`` (plus ``tail``), decoded after up to STREAM_CONTEXT_TOKENS
     earlier tokens so that the vocoder sees context across the seam; the context's own
@@ -139,7 +140,8 @@ def decode_window(
         window = torch.cat([window, tail.to(window.device)])
     if window.numel() == 0:
         return np.zeros(0, dtype=np.float32)
-    wav = model.run_s3gen(pad_to_decodable(window), gen, seed=seed, n_cfm_timesteps=n_cfm_timesteps)
+    wav = model.run_s3gen(pad_to_decodable(window), gen, seed=seed, exact_seed=exact_seed,
+                          n_cfm_timesteps=n_cfm_timesteps)
     if n_context:
         wav = wav[int(round(len(wav) * n_context / window.numel())):].copy()
         fade = min(len(wav), int(STREAM_FADE_SECONDS * model.sr))
@@ -157,6 +159,7 @@ def stream_windows(
     tail: torch.Tensor | None = None,
     n_cfm_timesteps: int | None = None,
     seed: int | None = None,
+    exact_seed: bool = True,
     first_chunk_size: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Decode every ``chunk_size`` sampled tokens (the first window: ``first_chunk_size``, so
@@ -173,13 +176,13 @@ def stream_windows(
         tokens.append(token)
         if len(tokens) - emitted >= (first_chunk_size if window == 0 and first_chunk_size else chunk_size):
             wav = decode_window(model, tokens, emitted, gen, n_cfm_timesteps=n_cfm_timesteps,
-                                seed=None if seed is None else seed + window)
+                                seed=None if seed is None else seed + window, exact_seed=exact_seed)
             emitted, window = len(tokens), window + 1
             yield model._watermark(wav) if watermark else wav
     # A tail (Turbo's silence) always ends the utterance, even right after a full window.
     if tail is not None or len(tokens) > emitted or not tokens:
         wav = decode_window(model, tokens, emitted, gen, tail=tail, n_cfm_timesteps=n_cfm_timesteps,
-                            seed=None if seed is None else seed + window)
+                            seed=None if seed is None else seed + window, exact_seed=exact_seed)
         yield model._watermark(wav) if watermark else wav
 
 
@@ -197,6 +200,9 @@ class SpeechJob:
     # Basic mode of the standard and multilingual models decodes what the library's
     # drop_invalid_tokens keeps: tokens after a sampled start-of-speech token.
     cut_at_start_token: bool = True
+    # False when the seed was drawn for the job rather than asked for: its S3Gen windows may
+    # then share calls with other jobs' (see run_s3gen).
+    exact_seed: bool = True
 
 
 class ArrayConditioningMixin:
@@ -266,15 +272,18 @@ class ArrayConditioningMixin:
         self.engine  # noqa: B018 - the property starts it
 
     def run_s3gen(self, speech_tokens: torch.Tensor, gen: dict, *, seed: int | None = None,
-                  n_cfm_timesteps: int | None = None) -> np.ndarray:
+                  exact_seed: bool = True, n_cfm_timesteps: int | None = None) -> np.ndarray:
         """S3Gen audio for speech tokens, with the voice's ``gen`` conditionals (float32).
 
-        Seeded, the noise is drawn as after ``torch.manual_seed(seed)``: the library's own
-        audio for that seed, decoded alone. Unseeded, the window may share an S3Gen call with
-        other jobs' windows that wait at the same time.
+        The noise is drawn as after ``torch.manual_seed(seed)``. With a seed and
+        ``exact_seed``, the window is decoded alone: exactly the library's audio for that
+        seed. Otherwise (no seed, or one drawn for the job rather than asked for) it may share
+        an S3Gen call with other jobs' windows that wait at the same time, and its audio is
+        its solo decode's to within float rounding (s3gen_batching).
         """
         window = Window(tokens=speech_tokens.reshape(-1), gen=gen, n_cfm_timesteps=n_cfm_timesteps,
-                        seed=seed if seed is not None else secrets.randbits(63), seeded=seed is not None)
+                        seed=seed if seed is not None else secrets.randbits(63),
+                        exact=seed is not None and exact_seed)
         return self.s3gen_lane.decode(window)
 
     def _decode_windows(self, windows: Sequence[Window]) -> list[np.ndarray]:
@@ -301,7 +310,7 @@ class ArrayConditioningMixin:
         if job.cut_at_start_token and SPEECH_START_TOKEN in tokens:
             tokens = tokens[tokens.index(SPEECH_START_TOKEN) + 1:]
         wav = decode_window(self, tokens, 0, job.gen, tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps,
-                            seed=job.params.seed)
+                            seed=job.params.seed, exact_seed=job.exact_seed)
         return self._watermark(wav) if watermark else wav
 
     def _stream(self, job: SpeechJob, chunk_size: int, watermark: bool,
@@ -314,6 +323,7 @@ class ArrayConditioningMixin:
         with contextlib.closing(stream):
             yield from stream_windows(self, stream, job.gen, chunk_size=chunk_size, watermark=watermark,
                                       tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps, seed=job.params.seed,
+                                      exact_seed=job.exact_seed,
                                       first_chunk_size=first_chunk_size)
 
     # -- conditionals ------------------------------------------------------------------
@@ -396,11 +406,11 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
 
     def speech_job(self, text: str, *, conditionals: Conditionals | None, exaggeration: float, cfg_weight: float,
                    temperature: float, repetition_penalty: float, min_p: float, top_p: float,
-                   max_new_tokens: int | None, seed: int | None) -> SpeechJob:
+                   max_new_tokens: int | None, seed: int | None, exact_seed: bool = True) -> SpeechJob:
         call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
         params = SamplingParams(max_new_tokens=token_cap(max_new_tokens), temperature=temperature, top_p=top_p,
                                 min_p=min_p, repetition_penalty=repetition_penalty, cfg_weight=cfg_weight, seed=seed)
-        return SpeechJob(call.t3, self._text_tokens(text), params, call.gen)
+        return SpeechJob(call.t3, self._text_tokens(text), params, call.gen, exact_seed=exact_seed)
 
     def synthesize(
         self,
@@ -415,12 +425,16 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
         top_p: float = 1.0,
         max_new_tokens: int | None = None,
         seed: int | None = None,
+        exact_seed: bool = True,
         watermark: bool = True,
     ) -> np.ndarray:
-        """Text to a float32 waveform at ``self.sr``, with the given conditionals."""
+        """Text to a float32 waveform at ``self.sr``, with the given conditionals.
+
+        ``exact_seed`` False: the seed was drawn for the job, not asked for (see run_s3gen).
+        """
         job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
                               temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
-                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, exact_seed=exact_seed)
         return self._synthesize(job, watermark)
 
     def generate(
@@ -483,12 +497,13 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
         top_p: float = 1.0,
         max_new_tokens: int | None = None,
         seed: int | None = None,
+        exact_seed: bool = True,
         watermark: bool = True,
     ) -> Iterator[np.ndarray]:
         """Yield audio every ``chunk_size`` speech tokens while T3 is still sampling."""
         job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
                               temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
-                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, exact_seed=exact_seed)
         return self._stream(job, chunk_size, watermark, first_chunk_size)
 
     # -- voice conversion --------------------------------------------------------------
@@ -501,6 +516,7 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
         *,
         watermark: bool = True,
         seed: int | None = None,
+        exact_seed: bool = True,
     ) -> np.ndarray:
         """``ChatterboxVC.generate`` on arrays, with the target voice's S3Gen conditionals.
 
@@ -511,7 +527,7 @@ class OptimizedChatterboxTTS(ArrayConditioningMixin, ChatterboxTTS):
         with torch.inference_mode():
             audio = torch.from_numpy(audio_16k).float().to(self.device)[None,]
             speech_tokens, _ = self.s3gen.tokenizer(audio)
-        wav = self.run_s3gen(speech_tokens, target.gen, seed=seed)
+        wav = self.run_s3gen(speech_tokens, target.gen, seed=seed, exact_seed=exact_seed)
         return self._watermark(wav) if watermark else wav
 
 class ConditionalsCodec:

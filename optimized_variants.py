@@ -120,7 +120,8 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
 
     def speech_job(self, text: str, *, conditionals: Conditionals | None, exaggeration: float, cfg_weight: float,
                    temperature: float, repetition_penalty: float, min_p: float, top_p: float,
-                   max_new_tokens: int | None, seed: int | None, language_id: str | None) -> SpeechJob:
+                   max_new_tokens: int | None, seed: int | None, language_id: str | None,
+                   exact_seed: bool = True) -> SpeechJob:
         language = self.normalize_language(language_id)
         call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
         params = SamplingParams(max_new_tokens=token_cap(max_new_tokens), temperature=temperature, top_p=top_p,
@@ -128,7 +129,7 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
         # The library's multilingual path skips the cut of control tokens that the standard
         # and Turbo paths make; without it a sampled control token would index past S3Gen's
         # vocabulary. So it takes the standard model's steps.
-        return SpeechJob(call.t3, self._text_tokens(text, language), params, call.gen)
+        return SpeechJob(call.t3, self._text_tokens(text, language), params, call.gen, exact_seed=exact_seed)
 
     def synthesize(
         self,
@@ -143,13 +144,15 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
         top_p: float = 1.0,
         max_new_tokens: int | None = None,
         seed: int | None = None,
+        exact_seed: bool = True,
         watermark: bool = True,
         language_id: str | None = None,
     ) -> np.ndarray:
         """Text in ``language_id`` to a float32 waveform at ``self.sr``."""
         job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
                               temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
-                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, language_id=language_id)
+                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, language_id=language_id,
+                              exact_seed=exact_seed)
         return self._synthesize(job, watermark)
 
     def stream(
@@ -167,6 +170,7 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
         top_p: float = 1.0,
         max_new_tokens: int | None = None,
         seed: int | None = None,
+        exact_seed: bool = True,
         watermark: bool = True,
         language_id: str | None = None,
     ) -> Iterator[np.ndarray]:
@@ -177,7 +181,8 @@ class OptimizedMultilingualTTS(ArrayConditioningMixin, ChatterboxMultilingualTTS
         """
         job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
                               temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
-                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, language_id=language_id)
+                              top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, language_id=language_id,
+                              exact_seed=exact_seed)
         return self._stream(job, chunk_size, watermark, first_chunk_size)
 
 
@@ -216,14 +221,15 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
 
     def speech_job(self, text: str, *, conditionals: Conditionals | None, exaggeration: float, cfg_weight: float,
                    temperature: float, repetition_penalty: float, min_p: float, top_p: float, top_k: int,
-                   max_new_tokens: int | None, seed: int | None, language_id: str | None) -> SpeechJob:
+                   max_new_tokens: int | None, seed: int | None, language_id: str | None,
+                   exact_seed: bool = True) -> SpeechJob:
         self._check_unsupported(language_id, cfg_weight, exaggeration, min_p)
         call = self.conditionals_for_call(conditionals or self.default_conditionals(), exaggeration)
         # inference_turbo draws one token, then max_gen_len more: token_cap draws in all.
         params = SamplingParams(max_new_tokens=token_cap(max_new_tokens), temperature=temperature, top_p=top_p,
                                 top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
         return SpeechJob(call.t3, self._text_tokens(text), params, call.gen, tail=self._silence(),
-                         n_cfm_timesteps=TURBO_CFM_TIMESTEPS, cut_at_start_token=False)
+                         n_cfm_timesteps=TURBO_CFM_TIMESTEPS, cut_at_start_token=False, exact_seed=exact_seed)
 
     def synthesize(
         self,
@@ -239,6 +245,7 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
         top_k: int = TURBO_TOP_K,
         max_new_tokens: int | None = None,
         seed: int | None = None,
+        exact_seed: bool = True,
         watermark: bool = True,
         language_id: str | None = None,
     ) -> np.ndarray:
@@ -246,7 +253,7 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
         job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
                               temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
                               top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
-                              language_id=language_id)
+                              language_id=language_id, exact_seed=exact_seed)
         return self._synthesize(job, watermark)
 
     def stream(
@@ -265,6 +272,7 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
         top_k: int = TURBO_TOP_K,
         max_new_tokens: int | None = None,
         seed: int | None = None,
+        exact_seed: bool = True,
         watermark: bool = True,
         language_id: str | None = None,
     ) -> Iterator[np.ndarray]:
@@ -276,7 +284,7 @@ class OptimizedTurboTTS(ArrayConditioningMixin, ChatterboxTurboTTS):
         job = self.speech_job(text, conditionals=conditionals, exaggeration=exaggeration, cfg_weight=cfg_weight,
                               temperature=temperature, repetition_penalty=repetition_penalty, min_p=min_p,
                               top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
-                              language_id=language_id)
+                              language_id=language_id, exact_seed=exact_seed)
         return self._stream(job, chunk_size, watermark, first_chunk_size)
 
 

@@ -10,8 +10,10 @@ Two windows share a call when they have as many tokens, the same flow steps and 
 conditionals of the same shapes (one voice, or voices whose prompts reached the library's
 length cap). Each row draws its own noise from its own seed (:mod:`s3gen_noise`), so a
 shared row is its solo decode up to float rounding in the batched arithmetic (measured: at
-most 1.2e-7 on audio peaking near 0.07, a 250th of one 16-bit step). A seeded window asks
-for exactly reproducible audio, so it is always decoded alone.
+most 1.2e-7 on audio peaking near 0.07, a 250th of one 16-bit step). A window whose job
+asked for its seed (``exact``) wants exactly reproducible audio, so it is always decoded
+alone; a job without a seed of its own still reports the one drawn for it, and that seed
+reproduces its audio to within that rounding.
 
 No torch here: the model stacks the windows and makes the call (``decode``).
 """
@@ -30,7 +32,8 @@ class Window:
     tokens: Any
     gen: dict[str, Any]
     seed: int
-    seeded: bool
+    # Decoded alone, so that its audio is exactly its seed's (a seed the job asked for).
+    exact: bool
     n_cfm_timesteps: int | None = None
     result: Any = None
     error: BaseException | None = None
@@ -44,7 +47,7 @@ def _shape(value: Any) -> tuple | None:
 
 def can_share(a: Window, b: Window) -> bool:
     """Whether two windows can be rows of one S3Gen call."""
-    if a.seeded or b.seeded or a.n_cfm_timesteps != b.n_cfm_timesteps:
+    if a.exact or b.exact or a.n_cfm_timesteps != b.n_cfm_timesteps:
         return False
     if _shape(a.tokens) != _shape(b.tokens) or a.gen.keys() != b.gen.keys():
         return False

@@ -171,7 +171,9 @@ def prepare_speech(worker: Worker, request: Any, prompt: VoicePrompt | None, tim
     seed = request.seed if request.seed is not None else new_seed()
     sampling = dict(exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=request.temperature,
                     repetition_penalty=request.repetition_penalty, min_p=request.min_p, top_p=request.top_p,
-                    max_new_tokens=request.max_new_tokens, seed=seed)
+                    max_new_tokens=request.max_new_tokens, seed=seed,
+                    # A drawn seed lets the job's S3Gen windows share calls (model.run_s3gen).
+                    exact_seed=request.seed is not None)
     if request.effective_language_id is not None:
         sampling["language_id"] = request.effective_language_id
     return SpeechJob(model, prompt, conds, source, seed, sampling)
@@ -206,10 +208,11 @@ def speak_stream(worker: Worker, job: SpeechJob, text: str, chunk_size: int,
 
 
 def convert(worker: Worker, model: SpeechModel, source: VoicePrompt, target_conditionals: Any, *,
-            watermark: bool, seed: int) -> np.ndarray:
+            watermark: bool, seed: int, exact_seed: bool = True) -> np.ndarray:
     """``source`` spoken in the target voice (S3Gen voice conversion)."""
     return with_memory_retry(worker, lambda: model.convert_voice(
-        source.samples, source.sample_rate, target_conditionals, watermark=watermark, seed=seed))
+        source.samples, source.sample_rate, target_conditionals, watermark=watermark, seed=seed,
+        exact_seed=exact_seed))
 
 
 # -- output ----------------------------------------------------------------------------

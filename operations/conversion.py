@@ -30,7 +30,8 @@ def _convert(worker: Worker, request: VoiceConversionRequest | VoiceTransferRequ
         conds, cache_source = conditionals(worker, model, target, NEUTRAL_EXAGGERATION, request.cache)
     seed = request.seed if request.seed is not None else new_seed()
     with timer.measure("generation_ms"):
-        wav = convert(worker, model, source, conds, watermark=not request.no_watermark, seed=seed)
+        wav = convert(worker, model, source, conds, watermark=not request.no_watermark, seed=seed,
+                      exact_seed=request.seed is not None)
     with timer.measure("encode_ms"):
         audio, out_sr = encode_output(wav, model.sr, output_format=request.output_format,
                                       sample_rate=request.sample_rate)

@@ -57,6 +57,7 @@ class StubModel:
     def __init__(self):
         self.conditionals_calls = 0
         self.generations: list[tuple[str, str]] = []  # (text, voice fingerprint)
+        self.exact_seeds: list[bool] = []  # per generation: did the job name its seed?
 
     def prepare_conditionals_from_array(self, samples, sample_rate, exaggeration=0.5):
         self.conditionals_calls += 1
@@ -72,12 +73,13 @@ class StubModel:
         wav = 0.5 * np.sin(2 * np.pi * voice_tone(conds.fingerprint) * t) + 0.01 * rng.standard_normal(n)
         return wav.astype(np.float32)
 
-    def synthesize(self, text, *, conditionals, seed=None, **_):
+    def synthesize(self, text, *, conditionals, seed=None, exact_seed=True, **_):
         self.generations.append((text, conditionals.fingerprint))
+        self.exact_seeds.append(exact_seed)
         return self._audio(text, conditionals, seed)
 
-    def stream(self, text, *, conditionals, chunk_size=50, first_chunk_size=None, seed=None, **_):
-        wav = self.synthesize(text, conditionals=conditionals, seed=seed)
+    def stream(self, text, *, conditionals, chunk_size=50, first_chunk_size=None, seed=None, exact_seed=True, **_):
+        wav = self.synthesize(text, conditionals=conditionals, seed=seed, exact_seed=exact_seed)
         samples_per_token = self.sr // SPEECH_TOKENS_PER_SECOND
         start, size = 0, first_chunk_size or chunk_size
         while start < len(wav):
@@ -85,8 +87,9 @@ class StubModel:
             yield wav[start:start + step]
             start, size = start + step, chunk_size
 
-    def convert_voice(self, samples, sample_rate, target, *, watermark=True, seed=None):
+    def convert_voice(self, samples, sample_rate, target, *, watermark=True, seed=None, exact_seed=True):
         self.generations.append(("<conversion>", target.fingerprint))
+        self.exact_seeds.append(exact_seed)
         return self._audio("", target, seed, seconds=len(samples) / sample_rate)
 
     def release_memory(self):

@@ -104,7 +104,7 @@ def test_windows_sharing_a_call_are_their_solo_decodes(model, voice):
     other = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Bella")
     other_voice = model.prepare_conditionals_from_array(
         other.samples[: int(PROMPT_SECONDS * other.sample_rate)].copy(), other.sample_rate).gen
-    windows = [Window(tokens=tokens(i), gen=g, seed=30 + i, seeded=False)
+    windows = [Window(tokens=tokens(i), gen=g, seed=30 + i, exact=False)
                for i, g in enumerate((voice, voice, other_voice))]
     shared = model._decode_windows(windows)
     for w, audio in zip(windows, shared):

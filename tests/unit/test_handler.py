@@ -79,6 +79,18 @@ def test_seed_is_reported_and_reproduces(run_job):
     assert first["audio"] == again["audio"]
 
 
+def test_only_a_seed_the_job_names_is_exact(run_job, stub_model, library):
+    """A drawn seed lets the model share S3Gen calls (audio within float rounding of the
+    seed's own); a seed the job names asks for the seed's exact audio."""
+    source = make_wav_b64(seconds=2.0)
+    for extra in ({}, {"mode": "streaming"}):
+        run_job({"text": "No seed.", **extra})
+        run_job({"text": "Named seed.", "seed": 5, **extra})
+    run_job({"operation": "voice_conversion", "input_audio": source, "voice_name": "Amy"})
+    run_job({"operation": "voice_conversion", "input_audio": source, "voice_name": "Amy", "seed": 5})
+    assert stub_model.exact_seeds == [False, True, False, True, False, True]
+
+
 def test_streaming_modes(run_job):
     result = run_job({"text": "A streamed sentence that is long enough.", "mode": "streaming", "chunk_size": 5})
     metrics = result["streaming_metrics"]

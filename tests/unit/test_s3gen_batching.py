@@ -1,4 +1,4 @@
-"""The S3Gen lane: one call at a time, waiting unseeded windows share the next, seeded never."""
+"""The S3Gen lane: one call at a time; waiting windows share the next, exact-seed ones never."""
 from __future__ import annotations
 
 import threading
@@ -14,8 +14,8 @@ VOICE = {"prompt_token": np.zeros((1, 75)), "prompt_feat": np.zeros((1, 150, 80)
 OTHER_VOICE = {k: (None if v is None else v + 1) for k, v in VOICE.items()}
 
 
-def window(n_tokens: int = 16, *, value: int = 0, seeded: bool = False, gen=VOICE, steps=None) -> Window:
-    return Window(tokens=np.full(n_tokens, value), gen=gen, seed=value, seeded=seeded, n_cfm_timesteps=steps)
+def window(n_tokens: int = 16, *, value: int = 0, exact: bool = False, gen=VOICE, steps=None) -> Window:
+    return Window(tokens=np.full(n_tokens, value), gen=gen, seed=value, exact=exact, n_cfm_timesteps=steps)
 
 
 class GatedDecoder:
@@ -63,8 +63,8 @@ def decode_in_threads(lane: S3GenLane, decoder: GatedDecoder, first: Window, wai
 def test_windows_share_only_with_equal_shapes_steps_and_no_seed():
     assert can_share(window(), window(value=3))
     assert can_share(window(), window(gen=OTHER_VOICE))  # another voice of the same prompt shapes
-    assert not can_share(window(), window(seeded=True))
-    assert not can_share(window(seeded=True), window(seeded=True))
+    assert not can_share(window(), window(exact=True))
+    assert not can_share(window(exact=True), window(exact=True))
     assert not can_share(window(16), window(17))
     assert not can_share(window(steps=2), window(steps=None))
     shorter = {**VOICE, "prompt_feat": np.zeros((1, 120, 80))}
@@ -93,15 +93,15 @@ def test_a_call_takes_at_most_max_batch_windows():
     assert sum(len(c) for c in decoder.calls) == 6
 
 
-def test_seeded_and_unshareable_windows_are_decoded_alone():
+def test_exact_seed_and_unshareable_windows_are_decoded_alone():
     decoder = GatedDecoder()
     lane = S3GenLane(decoder, max_batch=8)
-    waiting = [window(value=2, seeded=True), window(value=3, seeded=True), window(12, value=4), window(value=5)]
+    waiting = [window(value=2, exact=True), window(value=3, exact=True), window(12, value=4), window(value=5)]
     out = decode_in_threads(lane, decoder, window(value=1), waiting)
     assert not out["errors"] and len(out["results"]) == 5
     for call in decoder.calls:
-        assert len(call) == 1 or all(not w.seeded and w.tokens.shape == (16,) for w in call)
-    assert all(len(call) == 1 for call in decoder.calls if any(w.seeded for w in call))
+        assert len(call) == 1 or all(not w.exact and w.tokens.shape == (16,) for w in call)
+    assert all(len(call) == 1 for call in decoder.calls if any(w.exact for w in call))
 
 
 def test_max_batch_one_decodes_every_window_alone():
