@@ -14,6 +14,11 @@ from __future__ import annotations
 SERVER_PREFIX = "server"
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    # torch.OutOfMemoryError (torch.cuda's too), matched by type name so that callers need no torch.
+    return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
+
+
 class JobError(Exception):
     """A failure of one job, caused by its input or by data it refers to."""
 

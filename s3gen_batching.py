@@ -19,10 +19,15 @@ No torch here: the model stacks the windows and makes the call (``decode``).
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from job_errors import is_out_of_memory
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)  # compared by identity
@@ -61,6 +66,8 @@ class S3GenLane:
     """
 
     def __init__(self, decode: Callable[[Sequence[Window]], list[Any]], max_batch: int = 1):
+        # A shared call that runs out of memory halves this (each of its jobs retries alone
+        # or in smaller calls; see speech_pipeline.with_memory_retry).
         self._decode = decode
         self.max_batch = max(1, max_batch)
         self._cond = threading.Condition()
@@ -70,7 +77,7 @@ class S3GenLane:
 
     def stats(self) -> dict[str, int]:
         with self._cond:
-            return dict(self._stats)
+            return {**self._stats, "max_batch": self.max_batch}
 
     def decode(self, window: Window) -> Any:
         """The window's audio, decoded by this thread or by the one whose call took it along."""
@@ -106,6 +113,10 @@ class S3GenLane:
         except BaseException as exc:  # noqa: BLE001 - every window of the call gets the failure
             error = exc
         with self._cond:
+            if error is not None and len(batch) > 1 and is_out_of_memory(error):
+                self.max_batch = max(1, len(batch) // 2)
+                logger.warning("S3Gen ran out of memory decoding %d windows at once; now at most %d",
+                               len(batch), self.max_batch)
             for window, result in zip(batch, results):
                 window.result, window.error, window.done = result, error, True
                 window.batch_size = len(batch)

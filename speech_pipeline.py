@@ -21,7 +21,7 @@ import numpy as np
 
 from audio_io import encode_audio, join_audio_chunks, normalize_audio, resample
 from conditionals_cache import CacheKey
-from job_errors import JobError, OutOfMemoryJobError
+from job_errors import JobError, OutOfMemoryJobError, is_out_of_memory
 from job_metrics import Timer
 from limits import MAX_SEED
 from result_delivery import deliver_audio
@@ -59,11 +59,6 @@ Conditioner = Callable[[SpeechModel, VoicePrompt, float, bool], tuple[Any, str]]
 
 
 # -- out of memory ---------------------------------------------------------------------
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    # torch.OutOfMemoryError (torch.cuda's too), matched by type name so that this module needs no torch.
-    return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
-
 
 def free_memory(worker: Worker) -> None:
     logger.warning("out of device memory; evicting cached conditionals and freeing the allocator")

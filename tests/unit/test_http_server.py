@@ -348,6 +348,24 @@ def test_models_and_metrics(base_url, client):
         assert name in text, name
 
 
+def test_worker_counters_reach_the_metrics():
+    """Engine and S3Gen lane counters of each loaded model, read at scrape time."""
+    from types import SimpleNamespace
+
+    from http_metrics import WorkerCollector
+
+    model = SimpleNamespace(engine_stats=lambda: {"max_jobs": 8, "active_jobs": 2, "tokens": 40,
+                                                  "s3gen": {"calls": 3, "windows": 5, "shared_calls": 1}})
+    broken = SimpleNamespace(engine_stats=lambda: 1 / 0)  # a model that cannot report reads as none
+    worker = SimpleNamespace(models={"standard": model, "turbo": broken}, cache=None)
+    samples = {(m.name, tuple(sorted(s.labels.items()))): s.value
+               for m in WorkerCollector(lambda: worker).collect() for s in m.samples}
+    assert samples[("chatterbox_batch_occupancy", (("model", "standard"),))] == 0.25
+    assert samples[("chatterbox_s3gen", (("model", "standard"), ("stat", "shared_calls")))] == 1.0
+    assert samples[("chatterbox_s3gen", (("model", "standard"), ("stat", "windows")))] == 5.0
+    assert samples[("chatterbox_batch_occupancy", (("model", "turbo"),))] == 0.0
+
+
 # -- settings and the entry point -----------------------------------------------------------
 
 def test_http_settings(monkeypatch):

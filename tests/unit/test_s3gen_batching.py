@@ -81,7 +81,7 @@ def test_waiting_windows_share_the_next_call_and_each_gets_its_own_audio():
     assert [len(c) for c in decoder.calls] == [1, 3]
     for w in [first, *waiting]:
         assert np.array_equal(out["results"][id(w)], w.tokens * 2)
-    assert lane.stats() == {"calls": 2, "windows": 4, "shared_calls": 1, "max_batch_windows": 3}
+    assert lane.stats() == {"calls": 2, "windows": 4, "shared_calls": 1, "max_batch_windows": 3, "max_batch": 8}
 
 
 def test_a_call_takes_at_most_max_batch_windows():
@@ -141,3 +141,22 @@ def test_a_failure_in_a_shared_call_reaches_every_window_in_it():
     out = decode_in_threads(lane, decoder, window(value=1), [window(value=2), window(value=3)])
     assert len(out["results"]) == 1 and len(out["errors"]) == 2
     assert all(isinstance(e, RuntimeError) for e in out["errors"])
+
+
+def test_a_shared_call_out_of_memory_halves_the_batch_bound():
+    class OutOfMemoryError(RuntimeError):  # torch's is matched by name
+        pass
+
+    class OomOnSharedCall(GatedDecoder):
+        def __call__(self, windows):
+            result = super().__call__(windows)
+            if len(windows) > 1:
+                raise OutOfMemoryError("CUDA out of memory")
+            return result
+
+    decoder = OomOnSharedCall()
+    lane = S3GenLane(decoder, max_batch=8)
+    out = decode_in_threads(lane, decoder, window(value=1), [window(value=v) for v in range(2, 6)])
+    assert len(out["errors"]) == 4 and all(isinstance(e, OutOfMemoryError) for e in out["errors"])
+    assert lane.max_batch == 2 and lane.stats()["max_batch"] == 2
+    assert np.array_equal(lane.decode(window(value=9)), np.full(16, 18))  # and it keeps serving
