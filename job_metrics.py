@@ -4,12 +4,35 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from limits import MS_PER_SECOND
 
 STAGES = ("voice_load_ms", "conditionals_ms", "generation_ms", "encode_ms")
+
+# Out-of-memory retries of the job running in this context: the pipeline's free-and-retry
+# and the decode engine's replays happen deep inside a model call, while the operation
+# builds the metrics, so the count travels in a context variable, set afresh per job (a job
+# runs in a context of its own: a thread's, or a copy made for it by asyncio).
+_MEMORY_RETRIES: ContextVar[list[int]] = ContextVar("memory_retries")
+
+
+def count_memory_retries() -> None:
+    """Start counting for the job about to run in this context."""
+    _MEMORY_RETRIES.set([0])
+
+
+def note_memory_retries(n: int = 1) -> None:
+    box = _MEMORY_RETRIES.get(None)
+    if box is not None:
+        box[0] += n
+
+
+def memory_retries() -> int:
+    box = _MEMORY_RETRIES.get(None)
+    return box[0] if box is not None else 0
 
 
 @dataclass
@@ -54,6 +77,7 @@ class Timer:
             "rtf": round(generation_ms / MS_PER_SECOND / audio_seconds, 4) if audio_seconds > 0 else None,
             "cache_hit": cache_source in ("memory", "disk"),
             "cache_source": cache_source,
+            "memory_retries": memory_retries(),
             **extra,
         }
 

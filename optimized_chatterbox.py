@@ -15,7 +15,6 @@ generation draws from torch's global RNG.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import secrets
@@ -36,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 import s3gen_noise
 from audio_io import resample
+from job_metrics import note_memory_retries
 from s3gen_batching import S3GenLane, Window
 from settings import get_settings
 from t3_engine import EngineConfig, SamplingParams, T3Engine, TokenStream
@@ -306,7 +306,9 @@ class ArrayConditioningMixin:
 
     def _synthesize(self, job: SpeechJob, watermark: bool) -> np.ndarray:
         """Basic mode: every token first, then one S3Gen decode."""
-        tokens = list(self.speech_tokens(job, flush_every=None))
+        stream = self.speech_tokens(job, flush_every=None)
+        tokens = list(stream)
+        note_memory_retries(stream.retries)  # the engine replayed the job after running out of memory
         if job.cut_at_start_token and SPEECH_START_TOKEN in tokens:
             tokens = tokens[tokens.index(SPEECH_START_TOKEN) + 1:]
         wav = decode_window(self, tokens, 0, job.gen, tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps,
@@ -320,11 +322,14 @@ class ArrayConditioningMixin:
         # Tokens are handed over in groups that divide every window, so no window waits.
         flush_every = math.gcd(first_chunk_size, chunk_size) if first_chunk_size else chunk_size
         stream = self.speech_tokens(job, flush_every=flush_every)
-        with contextlib.closing(stream):
+        try:
             yield from stream_windows(self, stream, job.gen, chunk_size=chunk_size, watermark=watermark,
                                       tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps, seed=job.params.seed,
                                       exact_seed=job.exact_seed,
                                       first_chunk_size=first_chunk_size)
+        finally:
+            stream.close()  # a consumer that stops early cancels the job in the engine
+            note_memory_retries(stream.retries)
 
     # -- conditionals ------------------------------------------------------------------
 

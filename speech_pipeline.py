@@ -22,7 +22,7 @@ import numpy as np
 from audio_io import encode_audio, join_audio_chunks, normalize_audio, resample
 from conditionals_cache import CacheKey
 from job_errors import JobError, OutOfMemoryJobError, is_out_of_memory
-from job_metrics import Timer
+from job_metrics import Timer, note_memory_retries
 from limits import MAX_SEED
 from result_delivery import deliver_audio
 from text_chunking import split_text
@@ -81,6 +81,7 @@ def with_memory_retry(worker: Worker, call: Callable[[], T]) -> T:
         if not is_out_of_memory(exc):
             raise
         free_memory(worker)
+        note_memory_retries()
     try:
         return call()
     except Exception as exc:
@@ -105,6 +106,7 @@ def stream_with_memory_retry(worker: Worker, produce: Callable[[], Iterator[T]])
             if yielded or attempt == 2:
                 raise _memory_exhausted() from exc
             free_memory(worker)
+            note_memory_retries()
 
 
 # -- conditionals ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from job_errors import JobError
+from job_metrics import count_memory_retries
 from request_schema import (
     DeleteVoiceRequest,
     ListVoicesRequest,
@@ -84,6 +85,7 @@ def parse_request(raw: Any) -> ParsedJob:
 
 def run(worker: Worker, job: ParsedJob, progress: Progress | None = None) -> dict[str, Any]:
     """The job's one result; ``progress(done, total)`` hears about long multi-chunk jobs."""
+    count_memory_retries()
     result = job.operation.runner(job.request)(worker, job.request, progress)
     if job.warnings:
         result["warnings"] = job.warnings
@@ -95,6 +97,7 @@ def stream(worker: Worker, job: ParsedJob) -> Iterator[dict[str, Any]]:
     if job.operation.stream is None:
         yield run(worker, job)
         return
+    count_memory_retries()
     for item in job.operation.stream(worker, job.request):
         if job.warnings and "metrics" in item:
             item["warnings"] = job.warnings

@@ -260,6 +260,29 @@ def test_out_of_memory_lowers_the_slots_and_retries_once(monkeypatch):
     assert batched == solo  # the replay redraws the same tokens and delivers none twice
 
 
+def test_a_replay_counts_in_the_job_s_metrics_and_the_audio_is_unchanged(model, monkeypatch):
+    """The real model notes its engine's replays for the job's ``metrics.memory_retries``."""
+    from job_metrics import count_memory_retries, memory_retries
+
+    engine = model.engine
+    monkeypatch.setattr(engine, "max_jobs", engine.max_jobs)  # the OOM halves it; restored after
+    solo = model.synthesize("Replay.", max_new_tokens=4, seed=8, watermark=False)
+    forward = engine.backbone.forward
+    state = {"failed": False}
+
+    def failing_once(*args, **kwargs):
+        if not kwargs.get("prefill") and not state["failed"]:
+            state["failed"] = True
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.backbone, "forward", failing_once)
+    count_memory_retries()
+    replayed = model.synthesize("Replay.", max_new_tokens=4, seed=8, watermark=False)
+    assert state["failed"] and memory_retries() == 1
+    assert np.array_equal(replayed, solo)
+
+
 def test_closing_a_stream_cancels_its_job():
     t3 = build_tiny_t3("standard", layers=2)
     engine = T3Engine(t3, "standard", EngineConfig(max_slots=2, max_context_tokens=512))

@@ -56,6 +56,47 @@ def test_out_of_memory_is_the_servers_fault_after_one_retry(run_job, stub_model,
     assert len(calls) == 2
 
 
+def test_a_job_reports_its_out_of_memory_retries_and_the_next_job_starts_at_zero(run_job, stub_model,
+                                                                               monkeypatch):
+    real, failures = stub_model.synthesize, []
+
+    def fails_once(text, **kwargs):
+        if not failures:
+            failures.append(text)
+            raise OutOfMemoryError("no memory left")
+        return real(text, **kwargs)
+
+    monkeypatch.setattr(stub_model, "synthesize", fails_once)
+    assert run_job({"text": "x"})["metrics"]["memory_retries"] == 1
+    assert run_job({"text": "y"})["metrics"]["memory_retries"] == 0
+
+
+def test_the_engine_s_replays_reach_the_job_s_metrics_through_the_async_handler(worker, stub_model,
+                                                                               monkeypatch):
+    """A model notes the decode engine's replays of its call (as optimized_chatterbox does with
+    TokenStream.retries); concurrent jobs each see only their own."""
+    import asyncio
+
+    import handler
+    from job_metrics import note_memory_retries
+
+    real = stub_model.synthesize
+
+    def replayed(text, **kwargs):
+        note_memory_retries(int(text))
+        return real(text, **kwargs)
+
+    monkeypatch.setattr(stub_model, "synthesize", replayed)
+    monkeypatch.setattr(handler, "get_worker", lambda: worker)
+
+    async def both():
+        return await asyncio.gather(handler.async_handler({"input": {"text": "2"}}),
+                                    handler.async_handler({"input": {"text": "0"}}))
+
+    replays, none = asyncio.run(both())
+    assert replays["metrics"]["memory_retries"] == 2 and none["metrics"]["memory_retries"] == 0
+
+
 def test_streaming_retries_out_of_memory_before_its_first_chunk(worker, stub_model, monkeypatch):
     import handler
 
