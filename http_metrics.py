@@ -88,6 +88,8 @@ class WorkerCollector:
         active = GaugeMetricFamily("chatterbox_engine_active_jobs", "Jobs in the decode engine", labels=["model"])
         tokens = CounterMetricFamily("chatterbox_engine_tokens", "Speech tokens decoded by the engine",
                                      labels=["model"])
+        engine = GaugeMetricFamily("chatterbox_engine", "Decode engine counters: jobs, steps, oom_retries, "
+                                   "oom_failures, max_jobs (after out-of-memory halvings), ...", labels=["model", "stat"])
         s3gen = GaugeMetricFamily("chatterbox_s3gen", "S3Gen lane counters: calls, windows, shared_calls "
                                   "(calls of several windows), max_batch_windows, max_batch", labels=["model", "stat"])
         for name, model in sorted(worker.models.items()):
@@ -97,11 +99,15 @@ class WorkerCollector:
             occupancy.add_metric([name], running / capacity if capacity else 0.0)
             active.add_metric([name], float(running))
             tokens.add_metric([name], float(stats.get("tokens", 0) or 0))
+            for stat, value in sorted(stats.items()):
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    engine.add_metric([name, stat], float(value))
             for stat, value in sorted((stats.get("s3gen") or {}).items()):
                 s3gen.add_metric([name, stat], float(value))
         yield occupancy
         yield active
         yield tokens
+        yield engine
         yield s3gen
 
 

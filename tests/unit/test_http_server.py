@@ -354,7 +354,8 @@ def test_worker_counters_reach_the_metrics():
 
     from http_metrics import WorkerCollector
 
-    model = SimpleNamespace(engine_stats=lambda: {"max_jobs": 8, "active_jobs": 2, "tokens": 40,
+    model = SimpleNamespace(engine_stats=lambda: {"max_jobs": 8, "active_jobs": 2, "tokens": 40, "oom_retries": 1,
+                                                  "dtype": "float32",
                                                   "s3gen": {"calls": 3, "windows": 5, "shared_calls": 1}})
     broken = SimpleNamespace(engine_stats=lambda: 1 / 0)  # a model that cannot report reads as none
     worker = SimpleNamespace(models={"standard": model, "turbo": broken}, cache=None)
@@ -363,6 +364,7 @@ def test_worker_counters_reach_the_metrics():
     assert samples[("chatterbox_batch_occupancy", (("model", "standard"),))] == 0.25
     assert samples[("chatterbox_s3gen", (("model", "standard"), ("stat", "shared_calls")))] == 1.0
     assert samples[("chatterbox_s3gen", (("model", "standard"), ("stat", "windows")))] == 5.0
+    assert samples[("chatterbox_engine", (("model", "standard"), ("stat", "oom_retries")))] == 1.0
     assert samples[("chatterbox_batch_occupancy", (("model", "turbo"),))] == 0.0
 
 
