@@ -53,6 +53,8 @@ def test_defaults_load():
     ("LOG_LEVEL", "LOUD"),
     ("VOICE_CACHE_MAX_VOICES", "lots"),
     ("TTS_CHUNK_MAX_CHARS", "3"),
+    ("S3GEN_MAX_BATCH", "0"),
+    ("S3GEN_MAX_BATCH", "many"),
 ])
 def test_a_bad_value_names_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
