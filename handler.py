@@ -13,11 +13,11 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import openai_api
-import operations
-from async_bridge import run_blocking, stream_from_thread
-from job_errors import JobError, ServerError, ServiceUnavailableError
-from settings import SettingsError, get_settings
+from chatterbox_worker.http import openai_api
+from chatterbox_worker import operations
+from chatterbox_worker.serving.async_bridge import run_blocking, stream_from_thread
+from chatterbox_worker.contract.errors import JobError, ServerError, ServiceUnavailableError
+from chatterbox_worker.settings import SettingsError, get_settings
 
 logger = logging.getLogger("chatterbox_worker")
 
@@ -34,7 +34,7 @@ def load_model(variant: str):
         from optimized_chatterbox import create_optimized_tts
 
         return create_optimized_tts()
-    from optimized_variants import create_variant_tts
+    from chatterbox_worker.models.variants import create_variant_tts
 
     return create_variant_tts(variant)
 
@@ -43,13 +43,13 @@ def load_worker():
     """Load the model(s), the voice library and the conditionals cache."""
     # Imported here: torch and chatterbox take seconds to import, and the unit tests
     # (which import this module) run without them.
-    from checkpoint_fingerprint import model_version
-    from conditionals_cache import ConditionalsCache
+    from chatterbox_worker.conditionals.fingerprint import model_version
+    from chatterbox_worker.conditionals.cache import ConditionalsCache
     from optimized_chatterbox import ConditionalsCodec
     from optimized_voice_library import initialize_optimized_voice_library
-    from voice_preload import preload_voices
-    from voice_usage import USAGE_FILENAME, VoiceUsage
-    from worker import Worker
+    from chatterbox_worker.voices.preload import preload_voices
+    from chatterbox_worker.voices.usage import USAGE_FILENAME, VoiceUsage
+    from chatterbox_worker.serving.worker import Worker
 
     settings = get_settings()
     models = {name: load_model(name) for name in settings.models}

@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 import handler as optimized_handler
-from job_errors import ServiceUnavailableError
+from chatterbox_worker.contract.errors import ServiceUnavailableError
 
 logger = logging.getLogger("chatterbox_worker.legacy")
 
@@ -50,7 +50,7 @@ def file_conditionals(model, prompt, exaggeration: float, use_cache: bool) -> tu
 def load_worker():
     from optimized_chatterbox import create_optimized_tts
     from optimized_voice_library import initialize_optimized_voice_library
-    from worker import Worker
+    from chatterbox_worker.serving.worker import Worker
 
     models = {"standard": create_optimized_tts()}
     return Worker(models, initialize_optimized_voice_library(), cache=None, conditioner=file_conditionals)

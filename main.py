@@ -8,7 +8,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-from settings import SettingsError, get_settings
+from chatterbox_worker.settings import SettingsError, get_settings
 
 
 def worker_mode() -> str:

@@ -33,12 +33,12 @@ from chatterbox.models.t3.modules.cond_enc import T3Cond
 from chatterbox.tts import ChatterboxTTS, Conditionals, punc_norm
 from safetensors.torch import load_file, save_file
 
-import s3gen_noise
-from audio_io import resample
-from job_metrics import note_memory_retries
-from s3gen_batching import S3GenLane, Window
-from settings import get_settings
-from t3_engine import EngineConfig, SamplingParams, T3Engine, TokenStream
+from chatterbox_worker.s3gen import noise as s3gen_noise
+from chatterbox_worker.audio.codec import resample
+from chatterbox_worker.pipeline.job_metrics import note_memory_retries
+from chatterbox_worker.s3gen.lane import S3GenLane, Window
+from chatterbox_worker.settings import get_settings
+from chatterbox_worker.engine.t3_engine import EngineConfig, SamplingParams, T3Engine, TokenStream
 
 logger = logging.getLogger(__name__)
 

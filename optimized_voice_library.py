@@ -27,13 +27,13 @@ import numpy as np
 import soundfile as sf
 from filelock import Timeout as LockTimeout
 
-from audio_io import audio_fingerprint
-from job_errors import JobError, ShippedVoiceError, VoiceLibraryError, VoiceNotFoundError
-from limits import MAX_DESCRIPTION_CHARS, MAX_GENDER_CHARS, MAX_NAME_CHARS, MB
-from settings import Settings, get_settings, mb_to_bytes
-from voice_library import lookup
-from voice_library.array_cache import VoiceArrayCache
-from voice_library.catalog_store import (  # noqa: F401 - names other modules import from here
+from chatterbox_worker.audio.codec import audio_fingerprint
+from chatterbox_worker.contract.errors import JobError, ShippedVoiceError, VoiceLibraryError, VoiceNotFoundError
+from chatterbox_worker.contract.limits import MAX_DESCRIPTION_CHARS, MAX_GENDER_CHARS, MAX_NAME_CHARS, MB
+from chatterbox_worker.settings import Settings, get_settings, mb_to_bytes
+from chatterbox_worker.voices import lookup
+from chatterbox_worker.voices.array_cache import VoiceArrayCache
+from chatterbox_worker.voices.catalog_store import (  # noqa: F401 - names other modules import from here
     CATALOG_FILENAME,
     LOCK_FILENAME,
     NAME_MAPPING_FILENAME,
@@ -44,8 +44,8 @@ from voice_library.catalog_store import (  # noqa: F401 - names other modules im
     is_deletable,
     public_entry,
 )
-from voice_library.readers import LEGACY_SAMPLE_RATE, REFUSAL_PREFIX, read_voice_file
-from voice_library.validation import (  # noqa: F401 - names other modules import from here
+from chatterbox_worker.voices.readers import LEGACY_SAMPLE_RATE, REFUSAL_PREFIX, read_voice_file
+from chatterbox_worker.voices.validation import (  # noqa: F401 - names other modules import from here
     VOICE_ID_PATTERN,
     check_sample_rate,
     normalize_voice_id,

@@ -35,13 +35,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import handler
-import http_metrics
-import openai_api
-import operations
-from async_bridge import run_blocking, stream_from_thread
-from job_errors import SERVER_PREFIX, JobError, ServiceUnavailableError
-from limits import MB
-from openai_speech import (
+from chatterbox_worker.http import metrics as http_metrics
+from chatterbox_worker.http import openai_api
+from chatterbox_worker import operations
+from chatterbox_worker.serving.async_bridge import run_blocking, stream_from_thread
+from chatterbox_worker.contract.errors import SERVER_PREFIX, JobError, ServiceUnavailableError
+from chatterbox_worker.contract.limits import MB
+from chatterbox_worker.http.openai_speech import (
     OpenAIError,
     SpeechRequest,
     as_openai_error,
@@ -51,7 +51,7 @@ from openai_speech import (
     stream_sse,
     synthesize,
 )
-from settings import SettingsError, get_settings, mb_to_bytes
+from chatterbox_worker.settings import SettingsError, get_settings, mb_to_bytes
 
 logger = logging.getLogger("chatterbox_worker.http")
 

@@ -143,7 +143,7 @@ def tiny_ms_per_token(device: str, threads: int | None = None) -> dict[str, floa
 def _tiny_ms_per_token(device: str) -> dict[str, float]:
     import torch
 
-    from t3_engine import EngineConfig, SamplingParams, T3Engine, build_tiny_t3, tiny_conditionals, tiny_text_tokens
+    from chatterbox_worker.engine.t3_engine import EngineConfig, SamplingParams, T3Engine, build_tiny_t3, tiny_conditionals, tiny_text_tokens
 
     t3 = build_tiny_t3("standard", layers=TINY_LAYERS, width=TINY_WIDTH).to(device)
     text = tiny_text_tokens(t3).to(device)
@@ -203,7 +203,7 @@ def s3gen_batch(model, gen: dict, device: str) -> dict[str, Any]:
     (``_decode_windows``, the lane's call: each row with its own noise)."""
     import torch
 
-    from s3gen_batching import Window
+    from chatterbox_worker.s3gen.lane import Window
 
     g = torch.Generator().manual_seed(0)
     tokens = [torch.randint(0, 6561, (JOB_TOKENS,), generator=g) for _ in range(max(S3GEN_BATCHES))]
@@ -224,10 +224,10 @@ def s3gen_batch(model, gen: dict, device: str) -> dict[str, Any]:
 def e2e(model, device: str, tmp: Path, tokens: int) -> dict[str, float]:
     """Whole tts jobs through handler.run_job with an injected worker, from 1 or 4 threads."""
     import handler
-    from conditionals_cache import ConditionalsCache
+    from chatterbox_worker.conditionals.cache import ConditionalsCache
     from optimized_chatterbox import ConditionalsCodec
     from optimized_voice_library import OptimizedVoiceLibrary
-    from worker import Worker
+    from chatterbox_worker.serving.worker import Worker
 
     demo = OptimizedVoiceLibrary(REPO)
     library = OptimizedVoiceLibrary(tmp / "library")

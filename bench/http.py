@@ -70,10 +70,10 @@ def short_library(target: Path, seconds: float) -> str:
 
 
 def build_worker(ckpt: Path, library_dir: Path, device: str):
-    from conditionals_cache import ConditionalsCache
+    from chatterbox_worker.conditionals.cache import ConditionalsCache
     from optimized_chatterbox import ConditionalsCodec, create_optimized_tts
     from optimized_voice_library import OptimizedVoiceLibrary
-    from worker import Worker
+    from chatterbox_worker.serving.worker import Worker
 
     started = time.perf_counter()
     model = create_optimized_tts(device, ckpt)
@@ -111,7 +111,7 @@ class Server:
 def first_chunk_wired() -> bool:
     import inspect
 
-    from speech_pipeline import speak_stream
+    from chatterbox_worker.pipeline.speech import speak_stream
 
     return "first_chunk_size" in inspect.signature(speak_stream).parameters
 
@@ -165,7 +165,7 @@ def main() -> None:
     import torch
 
     import server
-    from settings import get_settings
+    from chatterbox_worker.settings import get_settings
 
     ckpt = checkpoint_dir()
     with tempfile.TemporaryDirectory() as tmp:

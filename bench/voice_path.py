@@ -215,12 +215,12 @@ def run(args) -> dict[str, Any]:
 
     import handler
     import handler_legacy
-    from conditionals_cache import CacheKey, ConditionalsCache
-    from worker import Worker
+    from chatterbox_worker.conditionals.cache import CacheKey, ConditionalsCache
+    from chatterbox_worker.serving.worker import Worker
     from optimized_chatterbox import ConditionalsCodec, create_optimized_tts
     from optimized_voice_library import OptimizedVoiceLibrary
-    from speech_pipeline import conditionals
-    from voice_sources import library_voice
+    from chatterbox_worker.pipeline.speech import conditionals
+    from chatterbox_worker.voices.sources import library_voice
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = checkpoint_dir(args)

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         os.environ["VOICE_LIBRARY_DIR"] = str(short_library(workdir / "library", args.voice_seconds))
         os.environ["CONDITIONALS_CACHE_DIR"] = str(workdir / "conditionals")
-        from settings import reload_settings
+        from chatterbox_worker.settings import reload_settings
 
         reload_settings()  # the worker reads its settings once; building the library read them already
         import handler

@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import handler
     import handler_legacy
-    from audio_io import decode_audio_base64
-    from conditionals_cache import ConditionalsCache
-    from worker import Worker
+    from chatterbox_worker.audio.codec import decode_audio_base64
+    from chatterbox_worker.conditionals.cache import ConditionalsCache
+    from chatterbox_worker.serving.worker import Worker
     from optimized_chatterbox import ConditionalsCodec, create_optimized_tts
     from optimized_voice_library import OptimizedVoiceLibrary
 

@@ -322,10 +322,10 @@ def copy_demo_library(target: Path) -> Path:
 
 def stub_worker(library_dir: Path, cache_dir: Path):
     """As tests/conftest.py assembles it: the stub model, a library copy, a small disk-backed cache."""
-    from conditionals_cache import ConditionalsCache
-    from worker import Worker
+    from chatterbox_worker.conditionals.cache import ConditionalsCache
+    from chatterbox_worker.serving.worker import Worker
     from optimized_voice_library import OptimizedVoiceLibrary
-    from stub_model import StubCodec, StubModel
+    from tests.stub_model import StubCodec, StubModel
 
     cache = ConditionalsCache(StubCodec(), max_bytes=CACHE_MAX_BYTES, disk_dir=cache_dir)
     return Worker({"standard": StubModel()}, OptimizedVoiceLibrary(library_dir), cache)
@@ -338,7 +338,7 @@ def real_worker(library_dir: Path, cache_dir: Path):
     """
     import handler
 
-    from settings import reload_settings
+    from chatterbox_worker.settings import reload_settings
 
     os.environ["VOICE_LIBRARY_DIR"] = str(library_dir)
     os.environ["CONDITIONALS_CACHE_DIR"] = str(cache_dir)

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.stub_model import StubCodec, StubModel
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-sys.path[:0] = [str(REPO), str(TESTS)]
-
-from stub_model import StubCodec, StubModel  # noqa: E402
 
 
 @pytest.fixture
@@ -41,14 +39,14 @@ def stub_model() -> StubModel:
 
 @pytest.fixture
 def cache(tmp_path):
-    from conditionals_cache import ConditionalsCache
+    from chatterbox_worker.conditionals.cache import ConditionalsCache
 
     return ConditionalsCache(StubCodec(), max_bytes=10_000, disk_dir=tmp_path / "conds")
 
 
 @pytest.fixture
 def worker(stub_model, library, cache):
-    from worker import Worker
+    from chatterbox_worker.serving.worker import Worker
 
     return Worker({"standard": stub_model}, library, cache)
 
@@ -75,7 +73,7 @@ def fresh_settings(monkeypatch):
     ``monkeypatch.setenv`` / ``delenv`` are wrapped so that the next ``get_settings()`` sees
     the change, as a worker started with that environment would.
     """
-    from settings import get_settings
+    from chatterbox_worker.settings import get_settings
 
     def rereading(change):
         def wrapped(*args, **kwargs):

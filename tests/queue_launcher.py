@@ -1,6 +1,6 @@
 """Start the queue handler's local test API (``--rp_serve_api``) with a stub worker.
 
-    python tests/queue_launcher.py LIBRARY_DIR --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port N
+    python -m tests.queue_launcher LIBRARY_DIR --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port N
 
 The real ``handler.get_worker`` would load the model; this puts a worker around the stub
 model over LIBRARY_DIR in its place, then starts the RunPod SDK exactly as ``handler.py``
@@ -11,15 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent
-sys.path[:0] = [str(TESTS.parent), str(TESTS)]
-
 
 def stub_worker(library_dir: Path):
-    from conditionals_cache import ConditionalsCache
+    from chatterbox_worker.conditionals.cache import ConditionalsCache
     from optimized_voice_library import OptimizedVoiceLibrary
-    from stub_model import StubCodec, StubModel
-    from worker import Worker
+    from tests.stub_model import StubCodec, StubModel
+    from chatterbox_worker.serving.worker import Worker
 
     cache = ConditionalsCache(StubCodec(), max_bytes=10_000, disk_dir=None)
     return Worker({"standard": StubModel()}, OptimizedVoiceLibrary(library_dir), cache)

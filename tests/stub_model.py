@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audio_io import audio_fingerprint
-from limits import SPEECH_TOKENS_PER_SECOND
+from chatterbox_worker.audio.codec import audio_fingerprint
+from chatterbox_worker.contract.limits import SPEECH_TOKENS_PER_SECOND
 
 STUB_SR = 24000
 # Stub audio length per character of text, so longer text gives longer audio.

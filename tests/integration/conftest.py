@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-from real_model import N_SHORT_VOICES, SHORT_VOICE_SECONDS
+from tests.real_model import N_SHORT_VOICES, SHORT_VOICE_SECONDS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -64,8 +64,8 @@ def short_library_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def real_worker(model, short_library_dir, tmp_path):
-    from conditionals_cache import ConditionalsCache
-    from worker import Worker
+    from chatterbox_worker.conditionals.cache import ConditionalsCache
+    from chatterbox_worker.serving.worker import Worker
     from optimized_chatterbox import ConditionalsCodec
     from optimized_voice_library import OptimizedVoiceLibrary
 

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def demo_library_copy(target):
     import shutil
 
-    from conftest import REPO
+    from tests.integration.conftest import REPO
 
     target.mkdir()
     for name in ("voice_catalog.json", "name_mapping.json"):
@@ -32,7 +32,7 @@ def test_all_three_models_serve_from_one_worker_process(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO, load_checkpoint_script
+    from tests.integration.conftest import REPO, load_checkpoint_script
 
     script = load_checkpoint_script()
     env = {**os.environ,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from real_model import bitwise_equal, conditionals_tensors
+from tests.real_model import bitwise_equal, conditionals_tensors
 from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def version(model) -> str:
     """The loaded model's version, as the worker computes it at start-up (hashes the checkpoint)."""
-    from checkpoint_fingerprint import model_version
+    from chatterbox_worker.conditionals.fingerprint import model_version
 
     assert model.checkpoint_dir is not None  # from_local records where the weights came from
     return model_version(model.checkpoint_dir)
@@ -32,9 +32,8 @@ def version(model) -> str:
 RESTARTED = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    sys.path.insert(0, {repo!r})
     import torch
-    from conditionals_cache import CacheKey, ConditionalsCache
+    from chatterbox_worker.conditionals.cache import CacheKey, ConditionalsCache
     from optimized_chatterbox import ConditionalsCodec
 
     def no_model():
@@ -51,7 +50,7 @@ RESTARTED = textwrap.dedent("""
 
 
 def test_restart_reads_conditionals_from_disk(model, version, short_library_dir, tmp_path):
-    from conditionals_cache import CacheKey, ConditionalsCache
+    from chatterbox_worker.conditionals.cache import CacheKey, ConditionalsCache
     from optimized_chatterbox import ConditionalsCodec
     from optimized_voice_library import OptimizedVoiceLibrary
 
@@ -84,7 +83,7 @@ def test_restart_reads_conditionals_from_disk(model, version, short_library_dir,
 
 
 def test_corrupt_file_on_disk_is_rebuilt(model, version, short_library_dir, tmp_path):
-    from conditionals_cache import CacheKey, ConditionalsCache
+    from chatterbox_worker.conditionals.cache import CacheKey, ConditionalsCache
     from optimized_chatterbox import ConditionalsCodec
     from optimized_voice_library import OptimizedVoiceLibrary
 
@@ -104,7 +103,7 @@ def test_corrupt_file_on_disk_is_rebuilt(model, version, short_library_dir, tmp_
 
 def test_real_checkpoint_fingerprint_follows_tensor_values(ckpt_dir, tmp_path):
     """On the voice encoder's real weights (5.7 MB; copying the whole 3 GB would be slow)."""
-    from checkpoint_fingerprint import fingerprint_checkpoint
+    from chatterbox_worker.conditionals.fingerprint import fingerprint_checkpoint
 
     copy = tmp_path / "ckpt"
     copy.mkdir()

@@ -30,9 +30,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from real_model import SHORT_VOICE_SECONDS
+from tests.real_model import SHORT_VOICE_SECONDS
 
-from t3_engine import (
+from chatterbox_worker.engine.t3_engine import (
     EngineConfig,
     SamplingParams,
     T3Engine,
@@ -61,7 +61,7 @@ def library_kwargs(variant: str) -> dict:
 def library_tokens(t3, variant: str, t3_cond, text_tokens: torch.Tensor, n: int, seed: int) -> list[int]:
     """The library's own loop, seeded the library's way (the global RNG), stop token cut."""
     from optimized_chatterbox import seed_everything
-    from optimized_variants import alignment_hooks_released
+    from chatterbox_worker.models.variants import alignment_hooks_released
 
     with torch.inference_mode(), alignment_hooks_released(t3.tfmr):
         seed_everything(seed)
@@ -90,7 +90,7 @@ def library_teacher_forced_logits(t3, variant: str, t3_cond, text_tokens, tokens
     """
     from chatterbox.models.t3.inference.alignment_stream_analyzer import AlignmentStreamAnalyzer
     from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
-    from optimized_variants import alignment_hooks_released
+    from chatterbox_worker.models.variants import alignment_hooks_released
 
     hp = t3.hp
     out = []
@@ -262,7 +262,7 @@ def test_out_of_memory_lowers_the_slots_and_retries_once(monkeypatch):
 
 def test_a_replay_counts_in_the_job_s_metrics_and_the_audio_is_unchanged(model, monkeypatch):
     """The real model notes its engine's replays for the job's ``metrics.memory_retries``."""
-    from job_metrics import count_memory_retries, memory_retries
+    from chatterbox_worker.pipeline.job_metrics import count_memory_retries, memory_retries
 
     engine = model.engine
     monkeypatch.setattr(engine, "max_jobs", engine.max_jobs)  # the OOM halves it; restored after
@@ -347,8 +347,8 @@ def real(request, model):
     if variant == "standard":
         yield variant, model
         return
-    from conftest import load_checkpoint_script
-    from optimized_variants import CKPT_DIR_ENV, create_variant_tts
+    from tests.integration.conftest import load_checkpoint_script
+    from chatterbox_worker.models.variants import CKPT_DIR_ENV, create_variant_tts
 
     ckpt = os.environ.get(CKPT_DIR_ENV[variant]) or load_checkpoint_script().ensure_checkpoint(variant)
     loaded = create_variant_tts(variant, "cpu", ckpt)
@@ -360,7 +360,7 @@ def real(request, model):
 
 @pytest.fixture(scope="module")
 def voice():
-    from conftest import REPO
+    from tests.integration.conftest import REPO
     from optimized_voice_library import OptimizedVoiceLibrary
 
     v = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Bella")

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 from chatterbox.tts import ChatterboxTTS
-from real_model import TINY_TOKENS, bitwise_equal, conditionals_tensors
+from tests.real_model import TINY_TOKENS, bitwise_equal, conditionals_tensors
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ PROMPT_SECONDS = 4.0
 @pytest.fixture(scope="module")
 def speech() -> tuple[np.ndarray, int]:
     """Real (espeak) speech from the shipped demo library, at 24 kHz float32."""
-    from conftest import REPO
+    from tests.integration.conftest import REPO
     from optimized_voice_library import OptimizedVoiceLibrary
 
     voice = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Amy")

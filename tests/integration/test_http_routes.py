@@ -12,10 +12,9 @@ import av
 import httpx
 import pytest
 
-from real_model import TINY_TOKENS
+from tests.real_model import TINY_TOKENS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from http_servers import running_app, tone, wait_ready  # noqa: E402
+from tests.http_servers import running_app, tone, wait_ready
 
 pytestmark = pytest.mark.integration
 TIMEOUT = httpx.Timeout(300.0)

@@ -6,8 +6,8 @@ import tempfile
 
 import numpy as np
 import pytest
-from audio_samples import decode_b64_audio, make_wav_b64
-from real_model import TINY_TOKENS
+from tests.audio_samples import decode_b64_audio, make_wav_b64
+from tests.real_model import TINY_TOKENS
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def test_legacy_handler_matches_optimized(real_worker, monkeypatch):
     """
     import handler
     import handler_legacy
-    from worker import Worker
+    from chatterbox_worker.serving.worker import Worker
 
     legacy_worker = Worker(real_worker.models, real_worker.library, cache=None,
                            conditioner=handler_legacy.file_conditionals)
@@ -116,7 +116,7 @@ def test_legacy_handler_matches_optimized(real_worker, monkeypatch):
 
 def test_legacy_removes_temp_file_when_the_model_fails(real_worker, monkeypatch):
     import handler_legacy
-    from worker import Worker
+    from chatterbox_worker.serving.worker import Worker
 
     class Exploding:
         sr, variant = 24000, "standard"

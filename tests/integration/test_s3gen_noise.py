@@ -20,7 +20,7 @@ PROMPT_SECONDS = 3.0
 
 @pytest.fixture(scope="module")
 def voice(model):
-    from conftest import REPO
+    from tests.integration.conftest import REPO
     from optimized_voice_library import OptimizedVoiceLibrary
 
     audio = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Amy")
@@ -35,7 +35,7 @@ def tokens(seed: int = 0) -> torch.Tensor:
 def library_audio(model, speech_tokens, gen, seed: int) -> np.ndarray:
     """The library's S3Gen methods (those s3gen_noise replaced), seeded with the global RNG."""
     from optimized_chatterbox import seed_everything
-    from real_model import library_s3gen_methods
+    from tests.real_model import library_s3gen_methods
 
     with library_s3gen_methods(model.s3gen), torch.inference_mode():
         seed_everything(seed)
@@ -97,9 +97,9 @@ SHARED_CALL_TOLERANCE = 1e-6
 
 
 def test_windows_sharing_a_call_are_their_solo_decodes(model, voice):
-    from conftest import REPO
+    from tests.integration.conftest import REPO
     from optimized_voice_library import OptimizedVoiceLibrary
-    from s3gen_batching import Window
+    from chatterbox_worker.s3gen.lane import Window
 
     other = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Bella")
     other_voice = model.prepare_conditionals_from_array(

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from chatterbox.mtl_tts import ChatterboxMultilingualTTS
 from chatterbox.tts_turbo import ChatterboxTurboTTS
-from real_model import TINY_TOKENS, bitwise_equal
+from tests.real_model import TINY_TOKENS, bitwise_equal
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,8 +26,8 @@ PROMPT_SECONDS = 6.0
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def variant_model(request):
-    from conftest import load_checkpoint_script
-    from optimized_variants import CKPT_DIR_ENV, create_variant_tts
+    from tests.integration.conftest import load_checkpoint_script
+    from chatterbox_worker.models.variants import CKPT_DIR_ENV, create_variant_tts
 
     variant = request.param
     ckpt = os.environ.get(CKPT_DIR_ENV[variant]) or load_checkpoint_script().ensure_checkpoint(variant)
@@ -40,7 +40,7 @@ def variant_model(request):
 
 @pytest.fixture(scope="module")
 def speech() -> tuple[np.ndarray, int]:
-    from conftest import REPO
+    from tests.integration.conftest import REPO
     from optimized_voice_library import OptimizedVoiceLibrary
 
     voice = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Bella")
@@ -50,8 +50,8 @@ def speech() -> tuple[np.ndarray, int]:
 @pytest.fixture
 def variant_worker(model, variant_model, speech, tmp_path):
     """A worker with the standard model and one variant, over a one-voice library."""
-    from conditionals_cache import ConditionalsCache
-    from worker import Worker
+    from chatterbox_worker.conditionals.cache import ConditionalsCache
+    from chatterbox_worker.serving.worker import Worker
     from optimized_chatterbox import ConditionalsCodec
     from optimized_voice_library import OptimizedVoiceLibrary
 
@@ -99,7 +99,7 @@ def test_stream_samples_the_library_tokens(variant_model, speech):
     draws in the same order (see test_fidelity.test_stream_samples_the_library_tokens).
     """
     from optimized_chatterbox import seed_everything
-    from optimized_variants import alignment_hooks_released
+    from chatterbox_worker.models.variants import alignment_hooks_released
 
     samples, sr = speech
     conds = variant_model.prepare_conditionals_from_array(samples, sr)
@@ -131,7 +131,7 @@ def test_s3gen_draws_the_library_s_noise_from_the_job_s_seed(variant_model, spee
     """Turbo's mean-flow noise and both vocoders' draws come from the decode's generators:
     the library's audio for the seed, with the global RNG untouched."""
     from optimized_chatterbox import seed_everything
-    from real_model import library_s3gen_methods
+    from tests.real_model import library_s3gen_methods
 
     samples, sr = speech
     gen = variant_model.prepare_conditionals_from_array(samples, sr).gen
@@ -213,7 +213,7 @@ def test_variant_not_loaded_is_a_clear_error(real_worker, monkeypatch):
 def test_language_list_matches_the_library():
     from chatterbox.mtl_tts import SUPPORTED_LANGUAGES
 
-    from request_schema import SUPPORTED_LANGUAGE_IDS
+    from chatterbox_worker.contract.request_schema import SUPPORTED_LANGUAGE_IDS
 
     assert tuple(SUPPORTED_LANGUAGE_IDS) == tuple(SUPPORTED_LANGUAGES)
     assert len(SUPPORTED_LANGUAGE_IDS) == 23

@@ -17,7 +17,7 @@ def served(worker, monkeypatch):
 
 
 def test_concurrency_follows_the_setting_and_the_device(served, monkeypatch):
-    from settings import CPU_CONCURRENT_JOBS
+    from chatterbox_worker.settings import CPU_CONCURRENT_JOBS
 
     assert served.max_concurrent_jobs() == CPU_CONCURRENT_JOBS
     monkeypatch.setenv("MAX_CONCURRENT_JOBS", "5")

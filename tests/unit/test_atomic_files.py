@@ -10,9 +10,9 @@ from pathlib import Path
 import filelock
 import pytest
 
-import atomic_files
-import file_locks
-from atomic_files import PARTIAL_PREFIX, replacing, write_partial, write_replacing
+from chatterbox_worker.storage import atomic_files
+from chatterbox_worker.storage import file_locks
+from chatterbox_worker.storage.atomic_files import PARTIAL_PREFIX, replacing, write_partial, write_replacing
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_io import (
+from chatterbox_worker.audio.codec import (
     CROSSFADE_MS,
     OPUS_RATES,
     PAUSE_MS,
@@ -34,10 +34,10 @@ from audio_io import (
     resample,
     trim_to_seconds,
 )
-from audio_samples import make_wav_b64
-from job_errors import JobError
-from limits import MIME_TYPES, OUTPUT_FORMATS
-from settings import Settings, mb_to_bytes
+from tests.audio_samples import make_wav_b64
+from chatterbox_worker.contract.errors import JobError
+from chatterbox_worker.contract.limits import MIME_TYPES, OUTPUT_FORMATS
+from chatterbox_worker.settings import Settings, mb_to_bytes
 
 MAX_AUDIO_BASE64_BYTES = mb_to_bytes(Settings.model_fields["max_audio_base64_mb"].default)
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-import checkpoint_fingerprint as cf
-from conditionals_cache import CacheKey
+from chatterbox_worker.conditionals import fingerprint as cf
+from chatterbox_worker.conditionals.cache import CacheKey
 
 
 @pytest.fixture(autouse=True)

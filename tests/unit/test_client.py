@@ -13,12 +13,12 @@ import httpx
 import pytest
 import soundfile as sf
 
-from audio_streaming import encode_speech
-from http_servers import LOOPBACK, free_port, running_app, tone, wait_ready
-from test_openai_speech import decode
+from chatterbox_worker.audio.streaming import encode_speech
+from tests.http_servers import LOOPBACK, free_port, running_app, tone, wait_ready
+from tests.unit.test_openai_speech import decode
 
 REPO = Path(__file__).resolve().parents[2]
-LAUNCHER = REPO / "tests" / "queue_launcher.py"
+LAUNCHER = "tests.queue_launcher"  # run with -m from the repository root
 CLI_TIMEOUT_S = 60
 QUEUE_START_TIMEOUT_S = 60
 
@@ -48,9 +48,10 @@ def queue_url(tmp_path_factory):
     shutil.copy(REPO / "voice_catalog.json", library)
     shutil.copytree(REPO / "voice_embeddings", library / "voice_embeddings")
     port = free_port()
-    env = {**os.environ, "STREAM_RESULTS": "true", "LOG_LEVEL": "WARNING", "RUNPOD_DEBUG_LEVEL": "ERROR"}
+    env = {**os.environ, "STREAM_RESULTS": "true", "LOG_LEVEL": "WARNING", "RUNPOD_DEBUG_LEVEL": "ERROR",
+           "PYTHONPATH": str(REPO)}
     log = open(library / "server.log", "w")
-    process = subprocess.Popen([sys.executable, str(LAUNCHER), str(library), "--rp_serve_api", "--rp_api_host",
+    process = subprocess.Popen([sys.executable, "-m", LAUNCHER, str(library), "--rp_serve_api", "--rp_api_host",
                                 LOOPBACK, "--rp_api_port", str(port)], cwd=library, env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     url = f"http://{LOOPBACK}:{port}"
@@ -157,7 +158,7 @@ FAKE_KEY = "rp-test-key"
 
 @pytest.fixture
 def fake_runpod(run_job):  # run_job puts the stub worker behind handler.get_worker
-    from fake_runpod import create_fake_runpod
+    from tests.fake_runpod import create_fake_runpod
 
     with running_app(create_fake_runpod(FAKE_KEY)) as url:
         yield url

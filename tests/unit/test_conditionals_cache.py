@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
-from stub_model import StubCodec, StubConditionals
+from tests.stub_model import StubCodec, StubConditionals
 
-from atomic_files import PARTIAL_PREFIX
-from checkpoint_fingerprint import model_version
-from conditionals_cache import (ABANDONED_PARTIAL_SECONDS, CacheKey, ConditionalsCache, choose_evictions,
+from chatterbox_worker.storage.atomic_files import PARTIAL_PREFIX
+from chatterbox_worker.conditionals.fingerprint import model_version
+from chatterbox_worker.conditionals.cache import (ABANDONED_PARTIAL_SECONDS, CacheKey, ConditionalsCache, choose_evictions,
                                 scan_disk)
-from limits import MB
+from chatterbox_worker.contract.limits import MB
 
 ENTRY_BYTES = StubCodec().nbytes(None)
 
@@ -368,7 +368,7 @@ def test_stats_report_both_tiers(tmp_path):
 
 
 def test_limits_default_to_the_settings(tmp_path, monkeypatch):
-    import settings
+    from chatterbox_worker import settings
 
     monkeypatch.setenv("CONDITIONALS_CACHE_MAX_MB", "3")
     monkeypatch.setenv("CONDITIONALS_DISK_MAX_MB", "7")
@@ -382,7 +382,7 @@ def test_limits_default_to_the_settings(tmp_path, monkeypatch):
 
 
 def test_changed_voice_under_same_name_is_not_stale(run_job, library):
-    from audio_samples import make_wav_b64
+    from tests.audio_samples import make_wav_b64
 
     first = run_job({"operation": "upload_voice", "voice_name": "Vic", "reference_audio": make_wav_b64(6, freq=300)})
     a = run_job({"text": "One.", "voice_name": "Vic", "seed": 1})

@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 
-from job_errors import SERVER_PREFIX
+from chatterbox_worker.contract.errors import SERVER_PREFIX
 
 
 class OutOfMemoryError(RuntimeError):
@@ -33,12 +33,12 @@ def test_a_corrupt_voice_file_is_the_servers_fault(run_job, library, caplog):
 
 
 def test_an_unwritable_library_is_the_servers_fault(run_job, library, monkeypatch):
-    from audio_samples import make_wav_b64
+    from tests.audio_samples import make_wav_b64
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("atomic_files.os.replace", refuse)
+    monkeypatch.setattr("chatterbox_worker.storage.atomic_files.os.replace", refuse)
     result = run_job({"operation": "upload_voice", "voice_name": "Nova", "reference_audio": make_wav_b64(seconds=6.0)})
     assert result["error"].startswith(f"{SERVER_PREFIX}: save_to_library: "), result
 
@@ -78,7 +78,7 @@ def test_the_engine_s_replays_reach_the_job_s_metrics_through_the_async_handler(
     import asyncio
 
     import handler
-    from job_metrics import note_memory_retries
+    from chatterbox_worker.pipeline.job_metrics import note_memory_retries
 
     real = stub_model.synthesize
 

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from audio_samples import make_wav_b64
-from operations import OPERATIONS
-from request_schema import SUPPORTED_LANGUAGE_IDS
+from tests.audio_samples import make_wav_b64
+from chatterbox_worker.operations import OPERATIONS
+from chatterbox_worker.contract.request_schema import SUPPORTED_LANGUAGE_IDS
 
 REQUEST_MODELS = {name: op.request_model for name, op in OPERATIONS.items()}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audio_samples import decode_b64_audio, make_wav_b64
-from stub_model import STUB_SR, voice_tone
+from tests.audio_samples import decode_b64_audio, make_wav_b64
+from tests.stub_model import STUB_SR, voice_tone
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,7 @@ def test_tts_library_voice_by_name_and_id(run_job, library):
 
 
 def test_tts_reference_audio_is_the_voice(run_job):
-    from audio_io import decode_audio_base64, audio_fingerprint
+    from chatterbox_worker.audio.codec import decode_audio_base64, audio_fingerprint
 
     ref = make_wav_b64(seconds=3.0, freq=330.0)
     result = run_job({"text": "Cloned.", "reference_audio": ref, "max_reference_duration_sec": 2.0})
@@ -312,8 +312,10 @@ def test_concurrent_jobs_never_swap_voices(run_job, library):
 
 def test_unit_tier_needs_no_torch():
     code = (
-        "import sys, json; sys.path.insert(0, 'tests'); sys.path.insert(0, '.');"
-        "import handler, operations, worker, speech_pipeline, conditionals_cache, request_schema, optimized_voice_library;"
+        "import sys; import handler, optimized_voice_library;"
+        "from chatterbox_worker import operations; from chatterbox_worker.serving import worker;"
+        "from chatterbox_worker.pipeline import speech; from chatterbox_worker.conditionals import cache;"
+        "from chatterbox_worker.contract import request_schema;"
         "assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
@@ -326,7 +328,7 @@ def test_responses_are_plain_json(run_job):
 
 
 def test_preload_prepares_library_voices(worker, stub_model):
-    from voice_preload import preload_voices
+    from chatterbox_worker.voices.preload import preload_voices
 
     assert preload_voices(worker, "2", max_seconds=60) == 2
     assert stub_model.conditionals_calls == 2 and worker.cache.stats()["entries"] == 2
@@ -335,7 +337,7 @@ def test_preload_prepares_library_voices(worker, stub_model):
 
 def test_rules_across_fields_name_the_field_the_client_sent(run_job):
     """Errors start with the field to fix, even when a rule spans several fields."""
-    from audio_samples import make_wav_b64
+    from tests.audio_samples import make_wav_b64
 
     audio = make_wav_b64(seconds=6.0)
     cases = [

@@ -12,9 +12,9 @@ import httpx
 import openai
 import pytest
 
-from audio_streaming import SPEECH_FORMATS, encode_speech
-from http_servers import SlowStreamModel, running_app, tone, wait_ready
-from test_openai_speech import decode, dominant_hz
+from chatterbox_worker.audio.streaming import SPEECH_FORMATS, encode_speech
+from tests.http_servers import SlowStreamModel, running_app, tone, wait_ready
+from tests.unit.test_openai_speech import decode, dominant_hz
 
 SR = 24000
 LONG_TEXT = ("Streaming speech should reach the listener before the model has finished the whole sentence. " * 3)
@@ -352,7 +352,7 @@ def test_worker_counters_reach_the_metrics():
     """Engine and S3Gen lane counters of each loaded model, read at scrape time."""
     from types import SimpleNamespace
 
-    from http_metrics import WorkerCollector
+    from chatterbox_worker.http.metrics import WorkerCollector
 
     model = SimpleNamespace(engine_stats=lambda: {"max_jobs": 8, "active_jobs": 2, "tokens": 40, "oom_retries": 1,
                                                   "dtype": "float32",
@@ -372,7 +372,7 @@ def test_worker_counters_reach_the_metrics():
 
 def test_http_settings(monkeypatch):
     import main
-    from settings import SettingsError, get_settings
+    from chatterbox_worker.settings import SettingsError, get_settings
 
     assert main.worker_mode() == "queue" and get_settings().health_port == get_settings().port == 8000
     monkeypatch.setenv("WORKER_MODE", "http")

@@ -32,10 +32,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_samples import make_wav_b64
-from limits import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SEED, MAX_TEXT_CHARS
-from settings import Settings, mb_to_bytes
-from stub_model import StubCodec, StubModel
+from tests.audio_samples import make_wav_b64
+from chatterbox_worker.contract.limits import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SEED, MAX_TEXT_CHARS
+from chatterbox_worker.settings import Settings, mb_to_bytes
+from tests.stub_model import StubCodec, StubModel
 
 MAX_AUDIO_BASE64_BYTES = mb_to_bytes(Settings.model_fields["max_audio_base64_mb"].default)
 
@@ -387,8 +387,8 @@ def shared_worker(tmp_path_factory):
 
     Module scope on purpose: the final test checks that the cases left this worker intact.
     """
-    from conditionals_cache import ConditionalsCache
-    from worker import Worker
+    from chatterbox_worker.conditionals.cache import ConditionalsCache
+    from chatterbox_worker.serving.worker import Worker
     from optimized_voice_library import OptimizedVoiceLibrary
 
     library_dir = tmp_path_factory.mktemp("malformed") / "library"
@@ -458,7 +458,7 @@ def assert_names_field(result, field: str) -> None:
 
 
 def test_the_table_is_large_and_covers_every_operation():
-    from operations import OPERATIONS
+    from chatterbox_worker.operations import OPERATIONS
 
     assert len(INPUT_CASES) + len(RAW_JOB_CASES) >= MIN_CASES
     operations = {job.get("operation", "tts") for job, _ in (c.values for c in INPUT_CASES)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_streaming import SPEECH_FORMATS, AudioStreamEncoder, atempo_factors, encode_speech
-from http_servers import tone
-from job_errors import JobError, ServerError, ServiceUnavailableError, VoiceNotFoundError
-from openai_speech import (
+from chatterbox_worker.audio.streaming import SPEECH_FORMATS, AudioStreamEncoder, atempo_factors, encode_speech
+from tests.http_servers import tone
+from chatterbox_worker.contract.errors import JobError, ServerError, ServiceUnavailableError, VoiceNotFoundError
+from chatterbox_worker.http.openai_speech import (
     OpenAIError,
     as_openai_error,
     model_variant,
@@ -67,7 +67,7 @@ def test_voices_resolve_alias_then_id_then_name(library, monkeypatch):
 
 
 def test_default_aliases_name_shipped_voices(library):
-    from settings import get_settings
+    from chatterbox_worker.settings import get_settings
 
     names = {v["speaker_name"] for v in library.list_voices()}
     assert set(get_settings().voice_aliases.values()) <= names

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from s3gen_batching import S3GenLane, Window, can_share
+from chatterbox_worker.s3gen.lane import S3GenLane, Window, can_share
 
 VOICE = {"prompt_token": np.zeros((1, 75)), "prompt_feat": np.zeros((1, 150, 80)), "prompt_feat_len": None,
          "embedding": np.zeros((1, 192))}

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from settings import Settings, SettingsError, get_settings
+from chatterbox_worker.settings import Settings, SettingsError, get_settings
 
 REPO = Path(__file__).resolve().parents[2]
 # Modules that hold the worker's code (scripts, benchmarks and tests may set variables).
-WORKER_CODE = sorted([*REPO.glob("*.py"), *REPO.glob("operations/*.py"), *REPO.glob("voice_library/*.py")])
+WORKER_CODE = sorted([*REPO.glob("*.py"), *REPO.glob("chatterbox_worker/**/*.py")])
 ENV_READ = re.compile(r"os\.environ|os\.getenv|getenv\(")
 
 

@@ -108,7 +108,7 @@ def test_serverless_config_choice(monkeypatch):
 
 
 def test_progress_reported_for_long_text(worker):
-    import operations
+    from chatterbox_worker import operations
 
     seen = []
     text = " ".join(f"This is sentence number {i}, long enough to need its own chunk." for i in range(12))
@@ -125,7 +125,7 @@ def test_oversized_result_is_a_clear_error(run_job, monkeypatch):
 
 
 def test_oversized_result_is_uploaded_when_a_bucket_is_set(run_job, monkeypatch):
-    import result_delivery
+    from chatterbox_worker.contract import delivery as result_delivery
 
     uploads = []
 
@@ -144,9 +144,9 @@ def test_oversized_result_is_uploaded_when_a_bucket_is_set(run_job, monkeypatch)
 
 
 def test_the_first_window_may_be_shorter_than_the_rest(worker):
-    import operations
-    from job_metrics import Timer
-    from speech_pipeline import prepare_speech, speak_stream
+    from chatterbox_worker import operations
+    from chatterbox_worker.pipeline.job_metrics import Timer
+    from chatterbox_worker.pipeline.speech import prepare_speech, speak_stream
 
     request = operations.parse_request({"text": "A sentence long enough for a few windows of audio, " * 3}).request
     job = prepare_speech(worker, request, None, Timer(), exaggeration=0.5, cfg_weight=0.5)

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from request_schema import MAX_TEXT_CHARS
-from settings import Settings, get_settings, reload_settings
-from text_chunking import split_sentences, split_text
+from chatterbox_worker.contract.request_schema import MAX_TEXT_CHARS
+from chatterbox_worker.settings import Settings, get_settings, reload_settings
+from chatterbox_worker.pipeline.text_chunking import split_sentences, split_text
 
 DEFAULT_MAX_CHARS = Settings.model_fields["tts_chunk_max_chars"].default
 SMALL_BOUND = 20

@@ -16,14 +16,13 @@ import pytest
 import soundfile as sf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))
 
-import optimized_voice_library as ovl  # noqa: E402
-import settings  # noqa: E402
-from atomic_files import PARTIAL_PREFIX  # noqa: E402
-from job_errors import JobError, VoiceLibraryError, VoiceNotFoundError  # noqa: E402
+import optimized_voice_library as ovl
+from chatterbox_worker import settings
+from chatterbox_worker.storage.atomic_files import PARTIAL_PREFIX  # noqa: E402
+from chatterbox_worker.contract.errors import JobError, VoiceLibraryError, VoiceNotFoundError  # noqa: E402
 from optimized_voice_library import OptimizedVoiceLibrary, VoiceAudio  # noqa: E402
-from voice_library import readers  # noqa: E402
+from chatterbox_worker.voices import readers  # noqa: E402
 
 SR = 24000
 PCM24_STEP = 1.0 / 2**23

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from job_errors import ShippedVoiceError, VoiceNotFoundError
+from chatterbox_worker.contract.errors import ShippedVoiceError, VoiceNotFoundError
 from optimized_voice_library import OptimizedVoiceLibrary
-from test_voice_library import build_legacy_library, make_audio, temp_files
+from tests.unit.test_voice_library import build_legacy_library, make_audio, temp_files
 
 SR = 24000
 SUMMARY_KEYS = {"voice_id", "speaker_name", "gender", "duration", "original_file", "type"}

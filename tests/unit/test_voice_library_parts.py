@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import file_locks
+from chatterbox_worker.storage import file_locks
 import optimized_voice_library as ovl
-from job_errors import VoiceLibraryError
+from chatterbox_worker.contract.errors import VoiceLibraryError
 from optimized_voice_library import OptimizedVoiceLibrary, VoiceAudio
-from test_atomic_files import without_flock  # noqa: F401 - a fixture
-from voice_library import catalog_store, readers
-from voice_library.array_cache import VoiceArrayCache
-from voice_library.catalog_store import CatalogStore
+from tests.unit.test_atomic_files import without_flock  # noqa: F401 - a fixture
+from chatterbox_worker.voices import catalog_store, readers
+from chatterbox_worker.voices.array_cache import VoiceArrayCache
+from chatterbox_worker.voices.catalog_store import CatalogStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SR = 24000
@@ -90,7 +90,7 @@ def test_unsupported_suffix_is_refused(tmp_path):
 
 
 def test_no_part_of_the_library_uses_plain_pickle_or_torch():
-    sources = [REPO_ROOT / "optimized_voice_library.py", *sorted((REPO_ROOT / "voice_library").glob("*.py"))]
+    sources = [REPO_ROOT / "optimized_voice_library.py", *sorted((REPO_ROOT / "chatterbox_worker" / "voices").glob("*.py"))]
     for source in sources:
         text = source.read_text()
         assert "import torch" not in text and "pickle.load(" not in text and "pickle.loads(" not in text, source

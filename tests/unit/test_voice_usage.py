@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-import settings
-from conditionals_cache import CacheKey
-from test_atomic_files import without_flock  # noqa: F401 - a fixture
-from voice_usage import USAGE_FILENAME, VoiceUsage
+from chatterbox_worker import settings
+from chatterbox_worker.conditionals.cache import CacheKey
+from tests.unit.test_atomic_files import without_flock  # noqa: F401 - a fixture
+from chatterbox_worker.voices.usage import USAGE_FILENAME, VoiceUsage
 
 
 def test_counts_from_two_workers_add_up(tmp_path):
@@ -75,7 +75,7 @@ def test_background_flush_and_stop(tmp_path):
 
 
 def test_jobs_count_library_voices_and_preload_follows_the_counts(worker, run_job, library, tmp_path):
-    from voice_preload import preload_voices
+    from chatterbox_worker.voices.preload import preload_voices
 
     usage = VoiceUsage(tmp_path / USAGE_FILENAME)
     worker.usage = usage
@@ -97,7 +97,7 @@ def test_jobs_count_library_voices_and_preload_follows_the_counts(worker, run_jo
 
 
 def test_preload_spec_that_is_not_a_number_prepares_nothing(worker, caplog):
-    from voice_preload import preload_voices
+    from chatterbox_worker.voices.preload import preload_voices
 
     with caplog.at_level(logging.ERROR):
         assert preload_voices(worker, "most", max_seconds=60) == 0
