@@ -33,10 +33,7 @@ from chatterbox_worker.contract.limits import MAX_DESCRIPTION_CHARS, MAX_GENDER_
 from chatterbox_worker.settings import Settings, get_settings, mb_to_bytes
 from chatterbox_worker.voices import lookup
 from chatterbox_worker.voices.array_cache import VoiceArrayCache
-from chatterbox_worker.voices.catalog_store import (  # noqa: F401 - names other modules import from here
-    CATALOG_FILENAME,
-    LOCK_FILENAME,
-    NAME_MAPPING_FILENAME,
+from chatterbox_worker.voices.catalog_store import (
     ORIGIN_FIELD,
     SAVED_ORIGIN,
     CatalogState,
@@ -45,8 +42,7 @@ from chatterbox_worker.voices.catalog_store import (  # noqa: F401 - names other
     public_entry,
 )
 from chatterbox_worker.voices.readers import LEGACY_SAMPLE_RATE, REFUSAL_PREFIX, read_voice_file
-from chatterbox_worker.voices.validation import (  # noqa: F401 - names other modules import from here
-    VOICE_ID_PATTERN,
+from chatterbox_worker.voices.validation import (
     check_sample_rate,
     normalize_voice_id,
     prepare_upload,
@@ -104,6 +100,23 @@ def _new_voice_id(entries: dict[str, Any], name: str, requested: str | None) -> 
     while voice_id in entries:
         voice_id = secrets.token_hex(4)
     return voice_id
+
+
+def _new_entry(voice_id: str, name: str, gender: str, original_file: str, rel: str, duration: float,
+               rate: int, description: str) -> dict[str, Any]:
+    """A new voice's catalog entry: the legacy catalog's fields, plus its description."""
+    return {
+        "voice_id": voice_id,
+        "speaker_name": name,
+        "gender": gender,
+        "original_file": original_file,
+        "embedding_file": rel,
+        "duration": round(duration, 3),
+        "sample_rate": rate,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "type": NEW_VOICE_TYPE,
+        "description": description,
+    }
 
 
 def _stays_deletable(previous: dict[str, Any] | None, deletable: bool) -> bool:
@@ -320,18 +333,7 @@ class OptimizedVoiceLibrary:
                 voice_id = _new_voice_id(state.entries, name, voice_id)
                 path, rel = self._store.new_voice_path(state.entries, f"{voice_id}{NEW_VOICE_SUFFIX}")
                 path.parent.mkdir(parents=True, exist_ok=True)
-                entry = {
-                    "voice_id": voice_id,
-                    "speaker_name": name,
-                    "gender": gender,
-                    "original_file": original_file,
-                    "embedding_file": rel,
-                    "duration": round(len(audio) / rate, 3),
-                    "sample_rate": rate,
-                    "created_at": datetime.now(timezone.utc).isoformat(),
-                    "type": NEW_VOICE_TYPE,
-                    "description": description,
-                }
+                entry = _new_entry(voice_id, name, gender, original_file, rel, len(audio) / rate, rate, description)
                 if _stays_deletable(state.entries.get(voice_id), deletable):
                     entry[ORIGIN_FIELD] = SAVED_ORIGIN
                 entries = {**state.entries, voice_id: entry}
@@ -391,16 +393,3 @@ def initialize_optimized_voice_library(library_dir: str | Path | None = None) ->
     )
     return library
 
-
-_singleton: OptimizedVoiceLibrary | None = None
-_singleton_lock = threading.Lock()
-
-
-def get_voice_library() -> OptimizedVoiceLibrary:
-    """The process-wide library, created on first use."""
-    global _singleton
-    if _singleton is None:
-        with _singleton_lock:
-            if _singleton is None:
-                _singleton = initialize_optimized_voice_library()
-    return _singleton

@@ -28,7 +28,8 @@ import soundfile as sf
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from optimized_voice_library import LOCK_FILENAME, OptimizedVoiceLibrary  # noqa: E402
+from chatterbox_worker.voices.catalog_store import LOCK_FILENAME  # noqa: E402
+from optimized_voice_library import OptimizedVoiceLibrary  # noqa: E402
 
 logger = logging.getLogger("make_demo_voices")
 

@@ -23,6 +23,9 @@ from chatterbox_worker.storage.atomic_files import PARTIAL_PREFIX  # noqa: E402
 from chatterbox_worker.contract.errors import JobError, VoiceLibraryError, VoiceNotFoundError  # noqa: E402
 from optimized_voice_library import OptimizedVoiceLibrary, VoiceAudio  # noqa: E402
 from chatterbox_worker.voices import readers  # noqa: E402
+from chatterbox_worker.audio.codec import audio_fingerprint
+from chatterbox_worker.voices.catalog_store import LOCK_FILENAME
+from chatterbox_worker.voices.validation import VOICE_ID_PATTERN
 
 SR = 24000
 PCM24_STEP = 1.0 / 2**23
@@ -133,7 +136,7 @@ def test_legacy_pickle_is_read_exactly_and_read_only(legacy_lib):
     assert voice.duration == pytest.approx(0.5)
     with pytest.raises(ValueError):
         voice.samples[0] = 1.0
-    assert voice.content_hash == ovl.audio_fingerprint(audios["de16e46c"], SR)
+    assert voice.content_hash == audio_fingerprint(audios["de16e46c"], SR)
 
 
 def test_numpy2_pickle_spelling_is_accepted(tmp_path):
@@ -476,7 +479,7 @@ def test_save_then_reload_in_a_new_instance(tmp_path):
         "Nova", audio, SR, description="calm narrator", gender="female", original_file="nova.wav")
     assert set(entry) == {"voice_id", "speaker_name", "gender", "original_file", "embedding_file", "duration",
                           "sample_rate", "created_at", "type", "description"}
-    assert ovl.VOICE_ID_PATTERN.match(entry["voice_id"])
+    assert VOICE_ID_PATTERN.match(entry["voice_id"])
     assert entry["embedding_file"] == f"voice_embeddings/{entry['voice_id']}.flac"
     assert entry["type"] == "flac_audio" and entry["sample_rate"] == SR and entry["duration"] == 1.0
     info = sf.info(str(tmp_path / entry["embedding_file"]))
@@ -595,7 +598,7 @@ def test_disk_full_gives_a_clear_error_and_no_leftovers(legacy_lib, monkeypatch)
     root, _ = legacy_lib
     lib = OptimizedVoiceLibrary(root)
     catalog_before = (root / "voice_catalog.json").read_bytes()
-    files_before = sorted(p.relative_to(root) for p in root.rglob("*") if p.name != ovl.LOCK_FILENAME)
+    files_before = sorted(p.relative_to(root) for p in root.rglob("*") if p.name != LOCK_FILENAME)
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -608,7 +611,7 @@ def test_disk_full_gives_a_clear_error_and_no_leftovers(legacy_lib, monkeypatch)
     assert str(root.resolve()) in message and "VOICE_LIBRARY_DIR" in message and "writable" in message
     assert not temp_files(root)
     assert (root / "voice_catalog.json").read_bytes() == catalog_before
-    assert sorted(p.relative_to(root) for p in root.rglob("*") if p.name != ovl.LOCK_FILENAME) == files_before
+    assert sorted(p.relative_to(root) for p in root.rglob("*") if p.name != LOCK_FILENAME) == files_before
     monkeypatch.undo()
     with pytest.raises(VoiceNotFoundError):
         lib.resolve_voice_id("Nova")
@@ -662,7 +665,7 @@ def test_shipped_demo_library_loads():
     assert genders == {"female", "male"}
     total = sum((REPO_ROOT / lib.get_voice_info(v["voice_id"])["embedding_file"]).stat().st_size for v in voices)
     assert total < 10 * 1024 * 1024
-    assert not (REPO_ROOT / ovl.LOCK_FILENAME).exists()
+    assert not (REPO_ROOT / LOCK_FILENAME).exists()
 
 
 def test_list_search_and_stats_shapes(legacy_lib):
@@ -696,20 +699,6 @@ def test_list_search_and_stats_shapes(legacy_lib):
     info = lib.get_voice_info("de16e46c")
     info["speaker_name"] = "changed"
     assert lib.get_voice_info("de16e46c")["speaker_name"] == "Amy"
-
-
-def test_singleton_is_shared(monkeypatch, legacy_lib):
-    monkeypatch.setattr(ovl, "_singleton", None)
-    monkeypatch.setenv(ovl.LIBRARY_DIR_ENV, str(legacy_lib[0]))
-    settings.reload_settings()
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(ovl.get_voice_library())) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len({id(r) for r in results}) == 1
-    assert results[0].library_dir == legacy_lib[0].resolve()
 
 
 def test_module_does_not_import_torch():

@@ -20,7 +20,7 @@ from optimized_voice_library import OptimizedVoiceLibrary, VoiceAudio
 from tests.unit.test_atomic_files import without_flock  # noqa: F401 - a fixture
 from chatterbox_worker.voices import catalog_store, readers
 from chatterbox_worker.voices.array_cache import VoiceArrayCache
-from chatterbox_worker.voices.catalog_store import CatalogStore
+from chatterbox_worker.voices.catalog_store import LOCK_FILENAME, CatalogStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SR = 24000
@@ -210,12 +210,12 @@ def test_saves_work_where_the_filesystem_refuses_flock(tmp_path, without_flock):
     for t in threads:
         t.join()
     assert len(json.loads((tmp_path / "voice_catalog.json").read_text())) == 4
-    assert not (tmp_path / ovl.LOCK_FILENAME).exists()  # a soft lock is removed on release
+    assert not (tmp_path / LOCK_FILENAME).exists()  # a soft lock is removed on release
 
 
 def test_a_stuck_lock_is_a_clear_save_error(tmp_path, monkeypatch):
     monkeypatch.setattr(file_locks, "LOCK_TIMEOUT_S", 0.05)
-    holder = filelock.FileLock(tmp_path / ovl.LOCK_FILENAME)
+    holder = filelock.FileLock(tmp_path / LOCK_FILENAME)
     with holder:
         with pytest.raises(VoiceLibraryError) as info:
             OptimizedVoiceLibrary(tmp_path).save_voice("Amy", make_audio(0), SR)
