@@ -27,6 +27,7 @@ from chatterbox_worker.testing.random_checkpoint.layout import (
 
 logger = logging.getLogger(__name__)
 
+
 def _char_ranges(*ranges: tuple[int, int]) -> list[str]:
     return [chr(c) for lo, hi in ranges for c in range(lo, hi + 1)]
 
