@@ -184,13 +184,9 @@ def checkpoint_dir(args) -> Path | None:
         return Path(args.ckpt)
     if os.environ.get("CHATTERBOX_CKPT_DIR"):
         return Path(os.environ["CHATTERBOX_CKPT_DIR"])
-    import importlib.util
+    from chatterbox_worker.testing.random_checkpoint import ensure_checkpoint
 
-    spec = importlib.util.spec_from_file_location("make_random_checkpoint",
-                                                  REPO / "scripts" / "make_random_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ensure_checkpoint("standard")
+    return ensure_checkpoint("standard")
 
 
 def job_library(tmp: Path, quick: bool):

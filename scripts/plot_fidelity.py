@@ -9,7 +9,6 @@ sit on the 16-bit grid, so the legacy temp WAV is lossless and the difference is
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sys
@@ -45,15 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     from chatterbox_worker.audio.codec import decode_audio_base64
     from chatterbox_worker.conditionals.cache import ConditionalsCache
     from chatterbox_worker.serving.worker import Worker
+    from chatterbox_worker.testing.random_checkpoint import ensure_checkpoint
     from optimized_chatterbox import ConditionalsCodec, create_optimized_tts
     from optimized_voice_library import OptimizedVoiceLibrary
 
-    ckpt = os.environ.get("CHATTERBOX_CKPT_DIR")
-    if not ckpt:
-        spec = importlib.util.spec_from_file_location("ckpt", REPO / "scripts" / "make_random_checkpoint.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        ckpt = module.ensure_checkpoint("standard")
+    ckpt = os.environ.get("CHATTERBOX_CKPT_DIR") or ensure_checkpoint("standard")
     model = create_optimized_tts("cpu", ckpt)
     library = OptimizedVoiceLibrary(REPO)
     handler.get_worker = lambda: Worker({"standard": model}, library,

@@ -2,27 +2,18 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.stub_model import StubCodec, StubModel
-
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
+from chatterbox_worker.testing.demo_library import copy_demo_library
+from chatterbox_worker.testing.stub_model import StubModel
 
 
 @pytest.fixture
 def library_dir(tmp_path) -> Path:
     """A writable copy of the shipped demo library."""
-    target = tmp_path / "library"
-    target.mkdir()
-    shutil.copy(REPO / "voice_catalog.json", target)
-    if (REPO / "name_mapping.json").exists():
-        shutil.copy(REPO / "name_mapping.json", target)
-    shutil.copytree(REPO / "voice_embeddings", target / "voice_embeddings")
-    return target
+    return copy_demo_library(tmp_path / "library")
 
 
 @pytest.fixture
@@ -39,16 +30,17 @@ def stub_model() -> StubModel:
 
 @pytest.fixture
 def cache(tmp_path):
-    from chatterbox_worker.conditionals.cache import ConditionalsCache
+    from chatterbox_worker.testing.stub_worker import stub_cache
 
-    return ConditionalsCache(StubCodec(), max_bytes=10_000, disk_dir=tmp_path / "conds")
+    return stub_cache(tmp_path / "conds")
 
 
 @pytest.fixture
 def worker(stub_model, library, cache):
-    from chatterbox_worker.serving.worker import Worker
+    """The stub worker over the fixtures' parts, so a test can inspect each of them."""
+    from chatterbox_worker.testing.stub_worker import assemble_worker
 
-    return Worker({"standard": stub_model}, library, cache)
+    return assemble_worker(stub_model, library, cache)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from tests.stub_model import StubModel
+from chatterbox_worker.testing.stub_model import StubModel
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 20.0

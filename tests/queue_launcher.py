@@ -12,22 +12,13 @@ import sys
 from pathlib import Path
 
 
-def stub_worker(library_dir: Path):
-    from chatterbox_worker.conditionals.cache import ConditionalsCache
-    from optimized_voice_library import OptimizedVoiceLibrary
-    from tests.stub_model import StubCodec, StubModel
-    from chatterbox_worker.serving.worker import Worker
-
-    cache = ConditionalsCache(StubCodec(), max_bytes=10_000, disk_dir=None)
-    return Worker({"standard": StubModel()}, OptimizedVoiceLibrary(library_dir), cache)
-
-
 def main() -> None:
     import runpod
 
     import handler
+    from chatterbox_worker.testing.stub_worker import stub_worker
 
-    worker = stub_worker(Path(sys.argv.pop(1)))
+    worker = stub_worker(Path(sys.argv.pop(1)))  # no disk cache: conditionals stay in memory
     handler.get_worker = lambda: worker
     handler.configure_logging()
     runpod.serverless.start(handler.serverless_config(sys.argv))

@@ -5,15 +5,14 @@ tiny, because S3Gen's cost on CPU grows with the prompt and the speech length.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
+from chatterbox_worker.testing.demo_library import DEMO_LIBRARY_DIR
+from chatterbox_worker.testing.random_checkpoint import ensure_checkpoint
 from tests.real_model import N_SHORT_VOICES, SHORT_VOICE_SECONDS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,20 +22,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("ENGINE_MAX_SLOTS", "4")
 
 
-def load_checkpoint_script():
-    spec = importlib.util.spec_from_file_location("make_random_checkpoint",
-                                                  REPO / "scripts" / "make_random_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def ckpt_dir() -> Path:
     configured = os.environ.get("CHATTERBOX_CKPT_DIR")
     if configured:
         return Path(configured)
-    return load_checkpoint_script().ensure_checkpoint("standard")
+    return ensure_checkpoint("standard")
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +42,7 @@ def short_library_dir(tmp_path_factory) -> Path:
     """A library of short voices cut from the shipped demo voices (real espeak speech)."""
     from optimized_voice_library import OptimizedVoiceLibrary
 
-    demo = OptimizedVoiceLibrary(REPO)
+    demo = OptimizedVoiceLibrary(DEMO_LIBRARY_DIR)
     target = tmp_path_factory.mktemp("short_library")
     short = OptimizedVoiceLibrary(target)
     for voice in demo.list_voices()[:N_SHORT_VOICES]:

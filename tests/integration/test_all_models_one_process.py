@@ -12,18 +12,6 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def demo_library_copy(target):
-    import shutil
-
-    from tests.integration.conftest import REPO
-
-    target.mkdir()
-    for name in ("voice_catalog.json", "name_mapping.json"):
-        shutil.copy(REPO / name, target)
-    shutil.copytree(REPO / "voice_embeddings", target / "voice_embeddings")
-    return target
-
-
 def test_all_three_models_serve_from_one_worker_process(tmp_path):
     """CHATTERBOX_MODELS=standard,multilingual,turbo loads all three through handler.py's own
     loading code in one process, and a job for each model succeeds; peak RSS is reported."""
@@ -32,9 +20,9 @@ def test_all_three_models_serve_from_one_worker_process(tmp_path):
     import subprocess
     import sys
 
-    from tests.integration.conftest import REPO, load_checkpoint_script
+    from chatterbox_worker.testing import random_checkpoint as script
+    from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO, copy_demo_library
 
-    script = load_checkpoint_script()
     env = {**os.environ,
            "CHATTERBOX_MODELS": "standard,multilingual,turbo",
            "CHATTERBOX_CKPT_DIR": os.environ.get("CHATTERBOX_CKPT_DIR") or str(script.ensure_checkpoint("standard")),
@@ -43,7 +31,7 @@ def test_all_three_models_serve_from_one_worker_process(tmp_path):
            "CHATTERBOX_TURBO_CKPT_DIR": os.environ.get("CHATTERBOX_TURBO_CKPT_DIR")
            or str(script.ensure_checkpoint("turbo")),
            "CONDITIONALS_CACHE_DIR": str(tmp_path / "conditionals"),
-           "VOICE_LIBRARY_DIR": str(demo_library_copy(tmp_path / "library")),
+           "VOICE_LIBRARY_DIR": str(copy_demo_library(tmp_path / "library")),
            "CHATTERBOX_DEVICE": "cpu"}
     code = (
         "import json, handler\n"

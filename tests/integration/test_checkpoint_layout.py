@@ -1,4 +1,5 @@
-"""The random-weights checkpoint from scripts/make_random_checkpoint.py.
+"""The random-weights checkpoint from scripts/make_random_checkpoint.py
+(``chatterbox_worker.testing.random_checkpoint``).
 
 Each variant directory holds exactly the files its ``from_local`` reads, and the library's
 own loaders read them: ChatterboxTTS and ChatterboxVC (standard), ChatterboxMultilingualTTS
@@ -8,7 +9,6 @@ cached; these tests reuse it.
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,13 +18,16 @@ from pathlib import Path
 
 import pytest
 
+from chatterbox_worker.testing import random_checkpoint
+from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
+
 pytestmark = pytest.mark.integration
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "make_random_checkpoint.py"
+BUILDER = "chatterbox_worker.testing.random_checkpoint"
 
 STANDARD_FILES = {"ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors", "tokenizer.json",
                   "conds.pt", ".complete"}
@@ -39,11 +42,10 @@ ENGLISH_VOCAB, MULTILINGUAL_VOCAB, TURBO_VOCAB = 704, 2454, 50276
 START_TEXT, STOP_TEXT = 255, 0
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("make_random_checkpoint_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def cache_key_in_a_fresh_interpreter(seed: int) -> str:
+    code = f"from {BUILDER} import cache_key; print(cache_key({seed}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
 
 
 def files_under(root: Path) -> set[str]:
@@ -52,7 +54,7 @@ def files_under(root: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def script():
-    return load_script()
+    return random_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +73,10 @@ def tts(standard_dir):
 
 
 def test_script_import_is_cheap():
-    code = ("import importlib.util, sys; "
-            f"spec = importlib.util.spec_from_file_location('m', {str(SCRIPT)!r}); "
-            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+    code = (f"import sys, {BUILDER}; "
             "heavy = [n for n in ('torch', 'chatterbox', 'transformers') if n in sys.modules]; "
             "print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
@@ -91,7 +91,7 @@ def test_standard_layout(script, standard_dir):
 
 def test_cache_key_is_stable_and_reused(script, standard_dir):
     key = script.cache_key(0)
-    assert key == script.cache_key(0) == load_script().cache_key(0)
+    assert key == script.cache_key(0) == cache_key_in_a_fresh_interpreter(0)
     assert script.cache_key(1) != key
     assert standard_dir.name == f"standard-{key}"
     started = time.perf_counter()

@@ -347,10 +347,10 @@ def real(request, model):
     if variant == "standard":
         yield variant, model
         return
-    from tests.integration.conftest import load_checkpoint_script
+    from chatterbox_worker.testing.random_checkpoint import ensure_checkpoint
     from chatterbox_worker.models.variants import CKPT_DIR_ENV, create_variant_tts
 
-    ckpt = os.environ.get(CKPT_DIR_ENV[variant]) or load_checkpoint_script().ensure_checkpoint(variant)
+    ckpt = os.environ.get(CKPT_DIR_ENV[variant]) or ensure_checkpoint(variant)
     loaded = create_variant_tts(variant, "cpu", ckpt)
     yield variant, loaded
     loaded.close()  # its engine's thread holds the weights
@@ -360,7 +360,7 @@ def real(request, model):
 
 @pytest.fixture(scope="module")
 def voice():
-    from tests.integration.conftest import REPO
+    from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
     from optimized_voice_library import OptimizedVoiceLibrary
 
     v = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Bella")

@@ -20,7 +20,7 @@ PROMPT_SECONDS = 4.0
 @pytest.fixture(scope="module")
 def speech() -> tuple[np.ndarray, int]:
     """Real (espeak) speech from the shipped demo library, at 24 kHz float32."""
-    from tests.integration.conftest import REPO
+    from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
     from optimized_voice_library import OptimizedVoiceLibrary
 
     voice = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Amy")

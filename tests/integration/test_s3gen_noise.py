@@ -20,7 +20,7 @@ PROMPT_SECONDS = 3.0
 
 @pytest.fixture(scope="module")
 def voice(model):
-    from tests.integration.conftest import REPO
+    from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
     from optimized_voice_library import OptimizedVoiceLibrary
 
     audio = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Amy")
@@ -97,7 +97,7 @@ SHARED_CALL_TOLERANCE = 1e-6
 
 
 def test_windows_sharing_a_call_are_their_solo_decodes(model, voice):
-    from tests.integration.conftest import REPO
+    from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
     from optimized_voice_library import OptimizedVoiceLibrary
     from chatterbox_worker.s3gen.lane import Window
 

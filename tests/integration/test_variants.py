@@ -26,11 +26,11 @@ PROMPT_SECONDS = 6.0
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def variant_model(request):
-    from tests.integration.conftest import load_checkpoint_script
+    from chatterbox_worker.testing.random_checkpoint import ensure_checkpoint
     from chatterbox_worker.models.variants import CKPT_DIR_ENV, create_variant_tts
 
     variant = request.param
-    ckpt = os.environ.get(CKPT_DIR_ENV[variant]) or load_checkpoint_script().ensure_checkpoint(variant)
+    ckpt = os.environ.get(CKPT_DIR_ENV[variant]) or ensure_checkpoint(variant)
     model = create_variant_tts(variant, "cpu", ckpt)
     yield model
     model.close()  # its engine's thread holds the weights
@@ -40,7 +40,7 @@ def variant_model(request):
 
 @pytest.fixture(scope="module")
 def speech() -> tuple[np.ndarray, int]:
-    from tests.integration.conftest import REPO
+    from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
     from optimized_voice_library import OptimizedVoiceLibrary
 
     voice = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Bella")

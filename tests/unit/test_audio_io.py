@@ -34,7 +34,7 @@ from chatterbox_worker.audio.codec import (
     resample,
     trim_to_seconds,
 )
-from tests.audio_samples import make_wav_b64
+from chatterbox_worker.testing.audio_payloads import make_wav_b64
 from chatterbox_worker.contract.errors import JobError
 from chatterbox_worker.contract.limits import MIME_TYPES, OUTPUT_FORMATS
 from chatterbox_worker.settings import Settings, mb_to_bytes

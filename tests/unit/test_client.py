@@ -42,11 +42,9 @@ def http_url(worker):
 def queue_url(tmp_path_factory):
     """``handler.py --rp_serve_api`` (through the launcher) with STREAM_RESULTS=true, so that
     both /runsync and /stream work; stopped when the module's tests are done."""
-    import shutil
+    from chatterbox_worker.testing.demo_library import copy_demo_library
 
-    library = tmp_path_factory.mktemp("queue_library")
-    shutil.copy(REPO / "voice_catalog.json", library)
-    shutil.copytree(REPO / "voice_embeddings", library / "voice_embeddings")
+    library = copy_demo_library(tmp_path_factory.mktemp("queue_library"))
     port = free_port()
     env = {**os.environ, "STREAM_RESULTS": "true", "LOG_LEVEL": "WARNING", "RUNPOD_DEBUG_LEVEL": "ERROR",
            "PYTHONPATH": str(REPO)}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
-from tests.stub_model import StubCodec, StubConditionals
+from chatterbox_worker.testing.stub_model import StubCodec, StubConditionals
 
 from chatterbox_worker.storage.atomic_files import PARTIAL_PREFIX
 from chatterbox_worker.conditionals.fingerprint import model_version
@@ -382,7 +382,7 @@ def test_limits_default_to_the_settings(tmp_path, monkeypatch):
 
 
 def test_changed_voice_under_same_name_is_not_stale(run_job, library):
-    from tests.audio_samples import make_wav_b64
+    from chatterbox_worker.testing.audio_payloads import make_wav_b64
 
     first = run_job({"operation": "upload_voice", "voice_name": "Vic", "reference_audio": make_wav_b64(6, freq=300)})
     a = run_job({"text": "One.", "voice_name": "Vic", "seed": 1})

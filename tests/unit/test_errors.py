@@ -33,7 +33,7 @@ def test_a_corrupt_voice_file_is_the_servers_fault(run_job, library, caplog):
 
 
 def test_an_unwritable_library_is_the_servers_fault(run_job, library, monkeypatch):
-    from tests.audio_samples import make_wav_b64
+    from chatterbox_worker.testing.audio_payloads import make_wav_b64
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.audio_samples import decode_b64_audio, make_wav_b64
-from tests.stub_model import STUB_SR, voice_tone
+from chatterbox_worker.testing.audio_payloads import decode_b64_audio, make_wav_b64
+from chatterbox_worker.testing.stub_model import STUB_SR, voice_tone
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -337,7 +337,7 @@ def test_preload_prepares_library_voices(worker, stub_model):
 
 def test_rules_across_fields_name_the_field_the_client_sent(run_job):
     """Errors start with the field to fix, even when a rule spans several fields."""
-    from tests.audio_samples import make_wav_b64
+    from chatterbox_worker.testing.audio_payloads import make_wav_b64
 
     audio = make_wav_b64(seconds=6.0)
     cases = [

@@ -20,26 +20,21 @@ order they are defined.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
-import shutil
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-from tests.audio_samples import make_wav_b64
+from chatterbox_worker.testing.audio_payloads import b64, float_wav_b64, make_wav_b64
 from chatterbox_worker.contract.limits import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SEED, MAX_TEXT_CHARS
 from chatterbox_worker.settings import Settings, mb_to_bytes
-from tests.stub_model import StubCodec, StubModel
+from chatterbox_worker.testing.demo_library import copy_demo_library
+from chatterbox_worker.testing.stub_worker import stub_worker
 
 MAX_AUDIO_BASE64_BYTES = mb_to_bytes(Settings.model_fields["max_audio_base64_mb"].default)
-
-REPO = Path(__file__).resolve().parents[2]
 
 GOOD_TEXT = "Hello there."
 AMY_ID = "de16e46c"  # a voice of the shipped demo library
@@ -51,17 +46,6 @@ SHORT_SECONDS = 2.0  # under voice_sources.MIN_CLONE_SECONDS
 
 
 # -- audio payloads ----------------------------------------------------------------------
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def float_wav_b64(samples: np.ndarray, sr: int = PROMPT_SR) -> str:
-    """A 32-bit float WAV keeps NaN and inf as they are, as a real client's file could."""
-    buf = io.BytesIO()
-    sf.write(buf, np.asarray(samples, dtype=np.float32), sr, format="WAV", subtype="FLOAT")
-    return b64(buf.getvalue())
 
 
 GOOD_AUDIO = make_wav_b64(CLONE_SECONDS, sr=PROMPT_SR)
@@ -387,19 +371,8 @@ def shared_worker(tmp_path_factory):
 
     Module scope on purpose: the final test checks that the cases left this worker intact.
     """
-    from chatterbox_worker.conditionals.cache import ConditionalsCache
-    from chatterbox_worker.serving.worker import Worker
-    from optimized_voice_library import OptimizedVoiceLibrary
-
-    library_dir = tmp_path_factory.mktemp("malformed") / "library"
-    library_dir.mkdir()
-    for name in ("voice_catalog.json", "name_mapping.json"):
-        if (REPO / name).exists():
-            shutil.copy(REPO / name, library_dir)
-    shutil.copytree(REPO / "voice_embeddings", library_dir / "voice_embeddings")
-    cache = ConditionalsCache(StubCodec(), max_bytes=10_000,
-                              disk_dir=tmp_path_factory.mktemp("malformed_conds"))
-    return Worker({"standard": StubModel()}, OptimizedVoiceLibrary(library_dir), cache)
+    library_dir = copy_demo_library(tmp_path_factory.mktemp("malformed") / "library")
+    return stub_worker(library_dir, tmp_path_factory.mktemp("malformed_conds"))
 
 
 @pytest.fixture(scope="module")

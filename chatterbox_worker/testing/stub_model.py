@@ -1,4 +1,4 @@
-"""A stub of OptimizedChatterboxTTS for the unit tier: same interface, no torch.
+"""A stub of OptimizedChatterboxTTS for tests and soak runs: same interface, no torch.
 
 Each voice "speaks" a tone at a frequency derived from its conditionals, so a job that
 got another job's voice is visible in its audio.
