@@ -87,10 +87,8 @@ def sync(device: str) -> None:
 def library_run(model, job, n: int, seed: int, device: str) -> tuple[float, list[int]]:
     import torch
 
-    from optimized_chatterbox import seed_everything
-
     with torch.inference_mode():
-        seed_everything(seed)
+        torch.manual_seed(seed)  # the library's loop draws from the global RNG (CUDA's too)
         sync(device)
         t0 = time.perf_counter()
         out = model.t3.inference(t3_cond=job.t3_cond, text_tokens=job.text_tokens, max_new_tokens=n, **SAMPLING)[0]
@@ -293,8 +291,8 @@ def run(args) -> dict[str, Any]:
                                                   audio.sample_rate)
 
     def job(i, seed=None, n=JOB_TOKENS):
-        return model.speech_job(TEXTS[i], conditionals=conds, exaggeration=0.5, max_new_tokens=n,
-                                seed=seed if seed is not None else i, **SAMPLING)
+        return model.decode_job(TEXTS[i], conds, model.options(exaggeration=0.5, max_new_tokens=n,
+                                                               seed=seed if seed is not None else i, **SAMPLING))
 
     result: dict[str, Any] = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
                               "platform": platform.platform(), "job_tokens": JOB_TOKENS,
