@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-from tests.integration.real_model import N_SHORT_VOICES, SHORT_VOICE_SECONDS
+from tests.real_model import N_SHORT_VOICES, SHORT_VOICE_SECONDS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")

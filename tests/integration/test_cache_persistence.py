@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.integration.real_model import bitwise_equal, conditionals_tensors
+from tests.real_model import bitwise_equal, conditionals_tensors
 from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from tests.integration.real_model import N_SHORT_VOICES
+from tests.real_model import N_SHORT_VOICES
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from tests.integration.real_model import SHORT_VOICE_SECONDS, alignment_hooks_released, seed_everything
+from tests.real_model import SHORT_VOICE_SECONDS, alignment_hooks_released, seed_everything
 
 from chatterbox_worker.engine.t3_engine import (
     EngineConfig,

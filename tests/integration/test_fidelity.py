@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 from chatterbox.tts import ChatterboxTTS
-from tests.integration.real_model import TINY_TOKENS, bitwise_equal, conditionals_tensors, seed_everything
+from tests.real_model import TINY_TOKENS, bitwise_equal, conditionals_tensors, seed_everything
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import av
 import httpx
 import pytest
 
-from tests.integration.real_model import TINY_TOKENS
+from tests.real_model import TINY_TOKENS
 
 from tests.http_servers import running_app, tone, wait_ready
 

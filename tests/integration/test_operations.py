@@ -7,7 +7,7 @@ import tempfile
 import numpy as np
 import pytest
 from tests.audio_samples import decode_b64_audio, make_wav_b64
-from tests.integration.real_model import TINY_TOKENS
+from tests.real_model import TINY_TOKENS
 
 pytestmark = pytest.mark.integration
 

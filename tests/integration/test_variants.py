@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from chatterbox.mtl_tts import ChatterboxMultilingualTTS
 from chatterbox.tts_turbo import ChatterboxTurboTTS
-from tests.integration.real_model import TINY_TOKENS, alignment_hooks_released, bitwise_equal, seed_everything
+from tests.real_model import TINY_TOKENS, alignment_hooks_released, bitwise_equal, seed_everything
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -127,7 +127,7 @@ def test_stream_samples_the_library_tokens(variant_model, speech):
 def test_s3gen_draws_the_library_s_noise_from_the_job_s_seed(variant_model, speech):
     """Turbo's mean-flow noise and both vocoders' draws come from the decode's generators:
     the library's audio for the seed, with the global RNG untouched."""
-    from tests.integration.real_model import library_s3gen_methods
+    from tests.real_model import library_s3gen_methods
 
     samples, sr = speech
     gen = variant_model.prepare_conditionals_from_array(samples, sr).gen
