@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +88,8 @@ def sync(device: str) -> None:
 def library_run(model, job, n: int, seed: int, device: str) -> tuple[float, list[int]]:
     import torch
 
-    from optimized_chatterbox import seed_everything
-
     with torch.inference_mode():
-        seed_everything(seed)
+        torch.manual_seed(seed)  # the library's loop draws from the global RNG (CUDA's too)
         sync(device)
         t0 = time.perf_counter()
         out = model.t3.inference(t3_cond=job.t3_cond, text_tokens=job.text_tokens, max_new_tokens=n, **SAMPLING)[0]
@@ -276,6 +275,43 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def throughput_figures(model, jobs: Callable[[int], list], concurrency) -> dict[str, Any]:
+    """Tokens per second with each number ``c`` of concurrent jobs (fresh ones: ``jobs(c)``)."""
+    logger.info("concurrent jobs: %s", concurrency)
+    throughput = {}
+    for c in concurrency:
+        throughput[str(c)] = concurrent_throughput(model, jobs(c))
+        logger.info("  %d jobs: %.2f tokens/s", c, throughput[str(c)]["tokens_per_s"])
+    result: dict[str, Any] = {"tokens_per_s": {c: t["tokens_per_s"] for c, t in throughput.items()},
+                              "tokens_per_s_wall": {c: t["tokens_per_s_wall"] for c, t in throughput.items()}}
+    one = result["tokens_per_s"]["1"]
+    result["aggregate_speedup_4"] = result["tokens_per_s"]["4"] / one
+    result["aggregate_speedup_8"] = result["tokens_per_s"]["8"] / one
+    result["aggregate_speedup_4_wall"] = result["tokens_per_s_wall"]["4"] / result["tokens_per_s_wall"]["1"]
+    result["aggregate_speedup_8_wall"] = result["tokens_per_s_wall"]["8"] / result["tokens_per_s_wall"]["1"]
+    return result
+
+
+def tiny_figures(device: str) -> dict[str, Any]:
+    """Milliseconds per token of the library's loop and the engine on a tiny T3."""
+    logger.info("tiny T3 (%d layers, width %d)", TINY_LAYERS, TINY_WIDTH)
+    tiny = tiny_ms_per_token(device)
+    result: dict[str, Any] = {
+        "tiny_ms_per_token_library": tiny["library"],
+        "tiny_ms_per_token_engine": tiny["engine"],
+        "tiny_matmul_floor_ms": tiny["matmul_floor"],
+        "tiny_overhead_ratio": (tiny["engine"] - tiny["matmul_floor"]) / (tiny["library"] - tiny["matmul_floor"]),
+    }
+    if device == "cpu":
+        # The same with one intra-op thread for both loops: the framework's own cost per token,
+        # without OpenMP waking its workers for every op (several microseconds to tens of
+        # microseconds here, depending on which threads hold worker pools), which a GPU lacks.
+        one = tiny_ms_per_token(device, threads=1)
+        result["tiny_one_thread"] = {"library_ms_per_token": one["library"], "engine_ms_per_token": one["engine"],
+                                     "ratio": one["engine"] / one["library"]}
+    return result
+
+
 def run(args) -> dict[str, Any]:
     import torch
 
@@ -293,8 +329,8 @@ def run(args) -> dict[str, Any]:
                                                   audio.sample_rate)
 
     def job(i, seed=None, n=JOB_TOKENS):
-        return model.speech_job(TEXTS[i], conditionals=conds, exaggeration=0.5, max_new_tokens=n,
-                                seed=seed if seed is not None else i, **SAMPLING)
+        return model.decode_job(TEXTS[i], conds, model.options(exaggeration=0.5, max_new_tokens=n,
+                                                               seed=seed if seed is not None else i, **SAMPLING))
 
     result: dict[str, Any] = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
                               "platform": platform.platform(), "job_tokens": JOB_TOKENS,
@@ -314,32 +350,9 @@ def run(args) -> dict[str, Any]:
     result["engine_ms_per_token"] = eng_s / max(len(eng_tokens), 1) * 1000
     result["batch1_same_tokens"] = lib_tokens == eng_tokens
 
-    logger.info("concurrent jobs: %s", concurrency)
-    throughput = {}
-    for c in concurrency:
-        throughput[str(c)] = concurrent_throughput(model, [job(i, n=CONCURRENT_JOB_TOKENS) for i in range(c)])
-        logger.info("  %d jobs: %.2f tokens/s", c, throughput[str(c)]["tokens_per_s"])
-    result["tokens_per_s"] = {c: t["tokens_per_s"] for c, t in throughput.items()}
-    result["tokens_per_s_wall"] = {c: t["tokens_per_s_wall"] for c, t in throughput.items()}
-    one = result["tokens_per_s"]["1"]
-    result["aggregate_speedup_4"] = result["tokens_per_s"]["4"] / one
-    result["aggregate_speedup_8"] = result["tokens_per_s"]["8"] / one
-    result["aggregate_speedup_4_wall"] = result["tokens_per_s_wall"]["4"] / result["tokens_per_s_wall"]["1"]
-    result["aggregate_speedup_8_wall"] = result["tokens_per_s_wall"]["8"] / result["tokens_per_s_wall"]["1"]
-
-    logger.info("tiny T3 (%d layers, width %d)", TINY_LAYERS, TINY_WIDTH)
-    tiny = tiny_ms_per_token(device)
-    result["tiny_ms_per_token_library"] = tiny["library"]
-    result["tiny_ms_per_token_engine"] = tiny["engine"]
-    result["tiny_matmul_floor_ms"] = tiny["matmul_floor"]
-    result["tiny_overhead_ratio"] = (tiny["engine"] - tiny["matmul_floor"]) / (tiny["library"] - tiny["matmul_floor"])
-    if device == "cpu":
-        # The same with one intra-op thread for both loops: the framework's own cost per token,
-        # without OpenMP waking its workers for every op (several microseconds to tens of
-        # microseconds here, depending on which threads hold worker pools), which a GPU lacks.
-        one = tiny_ms_per_token(device, threads=1)
-        result["tiny_one_thread"] = {"library_ms_per_token": one["library"], "engine_ms_per_token": one["engine"],
-                                     "ratio": one["engine"] / one["library"]}
+    result.update(throughput_figures(model, lambda c: [job(i, n=CONCURRENT_JOB_TOKENS) for i in range(c)],
+                                     concurrency))
+    result.update(tiny_figures(device))
 
     if not args.skip_s3gen_batch:
         logger.info("S3Gen: windows sharing a call")

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatterbox_worker.contract.limits import LIBRARY_MAX_NEW_TOKENS, MB, MODEL_VARIANTS
+from chatterbox_worker.models.registry import variant_spec
 
 # Where RunPod mounts a network volume; caches there survive worker replacement.
 RUNPOD_VOLUME = Path("/runpod-volume")
@@ -163,9 +164,8 @@ class Settings(BaseSettings):
         return self.chatterbox_models.split(",")
 
     def checkpoint_dir(self, variant: str) -> Path | None:
-        return {"standard": self.chatterbox_ckpt_dir,
-                "multilingual": self.chatterbox_multilingual_ckpt_dir,
-                "turbo": self.chatterbox_turbo_ckpt_dir}[variant]
+        """The variant's local checkpoint directory (its registry entry names the field)."""
+        return getattr(self, variant_spec(variant).checkpoint_setting)
 
     @property
     def conditionals_disk_dir(self) -> Path | None:

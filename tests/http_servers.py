@@ -66,10 +66,11 @@ class SlowStreamModel(StubModel):
         self.chunk_sizes: list[int] = []
         self.first_chunk_sizes: list[int | None] = []
 
-    def stream(self, text, *, conditionals, chunk_size=50, seed=None, **kwargs):
+    def stream(self, text, *, conditionals, options=None, chunk_size=50, **kwargs):
         self.chunk_sizes.append(chunk_size)
         self.first_chunk_sizes.append(kwargs.get("first_chunk_size"))
-        for i, wav in enumerate(super().stream(text, conditionals=conditionals, chunk_size=chunk_size, seed=seed)):
+        for i, wav in enumerate(super().stream(text, conditionals=conditionals, options=options,
+                                               chunk_size=chunk_size)):
             time.sleep(self.window_delay_s)
             if i == 0:
                 self.first_window_at = time.perf_counter()

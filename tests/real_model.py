@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -40,3 +41,45 @@ def library_s3gen_methods(s3gen):
     finally:
         for obj, name, method in saved:
             setattr(obj, name, method)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's process-global RNGs, as the library's own seeded runs are seeded.
+
+    Nothing in the worker draws from them (T3 jobs and S3Gen decodes have their own
+    generators); the tests seed the library's loops with this to compare.
+    """
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+@contextlib.contextmanager
+def alignment_hooks_released(module: torch.nn.Module) -> Iterator[None]:
+    """Undo what an ``AlignmentStreamAnalyzer`` leaves on the transformer once the block ends.
+
+    For calls of the library's own multilingual ``T3.inference`` (the engine registers no
+    hooks). The library builds a new analyzer on every such call. Each one registers forward
+    hooks on attention layers and never removes them, so repeated library calls would pile
+    up hooks (and the analyzers they keep alive) and run all of them on every forward pass.
+    It also switches the attention implementation to eager with ``output_attentions``; the
+    next analyzer does that again before its first forward pass, so restoring the setting
+    changes no result.
+    """
+    before = {sub: set(sub._forward_hooks) for sub in module.modules()}
+    config = getattr(module, "config", None)
+    saved_config = None
+    if config is not None:
+        saved_config = (config._attn_implementation, config.output_attentions)
+    try:
+        yield
+    finally:
+        for sub, keys in before.items():
+            for key in set(sub._forward_hooks) - keys:
+                # What RemovableHandle.remove() deletes.
+                del sub._forward_hooks[key]
+                getattr(sub, "_forward_hooks_with_kwargs", {}).pop(key, None)
+                getattr(sub, "_forward_hooks_always_called", {}).pop(key, None)
+        if saved_config is not None:
+            # Implementation first: output_attentions=True is refused on a non-eager one.
+            config._attn_implementation, config.output_attentions = saved_config

@@ -53,7 +53,9 @@ UNVERSIONED = "unversioned"
 ABANDONED_PARTIAL_SECONDS = 3600.0
 
 
-class ConditionalsCodec(Protocol):
+class ConditionalsCodecProtocol(Protocol):
+    """What the cache needs of a codec (the real models' ConditionalsCodec, or a test stub)."""
+
     def nbytes(self, conds: Any) -> int: ...
     def save(self, conds: Any, path: Path, metadata: dict[str, str]) -> None: ...
     def load(self, path: Path, expected_metadata: dict[str, str]) -> Any: ...
@@ -176,7 +178,7 @@ class ConditionalsCache:
     variant without one is stored as :data:`UNVERSIONED`.
     """
 
-    def __init__(self, codec: ConditionalsCodec, max_bytes: int | None = None, disk_dir: Path | None = None,
+    def __init__(self, codec: ConditionalsCodecProtocol, max_bytes: int | None = None, disk_dir: Path | None = None,
                  disk_max_bytes: int | None = None, model_versions: Mapping[str, str] | None = None):
         settings = get_settings()
         self.codec = codec

@@ -1,6 +1,8 @@
 """Limits of the job contract and units, defined once; every module imports them from here."""
 from __future__ import annotations
 
+from chatterbox_worker.models.registry import VARIANT_NAMES
+
 MB = 1024 * 1024
 MS_PER_SECOND = 1000.0
 
@@ -24,4 +26,5 @@ FILE_EXTENSIONS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "ogg": "ogg", "op
 MIME_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
               "opus": "audio/ogg; codecs=opus", "pcm_16": "audio/L16"}
 
-MODEL_VARIANTS = ("standard", "multilingual", "turbo")
+# The model variants a job may name (the model registry defines them).
+MODEL_VARIANTS = VARIANT_NAMES

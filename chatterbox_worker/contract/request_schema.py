@@ -22,6 +22,8 @@ from chatterbox_worker.contract.limits import (
     MODEL_VARIANTS,
     OUTPUT_FORMATS,
 )
+from chatterbox_worker.models.registry import MULTILINGUAL, VARIANTS
+
 DEFAULT_SAMPLE_TEXT = "Hello! This is a sample of my cloned voice, ready for text to speech."
 # Clients of the old worker echo back "none" for a voice they did not set.
 _ABSENT = {"", "none", "null"}
@@ -40,12 +42,9 @@ Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS)]
 Gender = Annotated[str, Field(min_length=1, max_length=MAX_GENDER_CHARS)]
 
 
-# chatterbox.mtl_tts.SUPPORTED_LANGUAGES, copied so that validation needs no torch; an
-# integration test checks that the two agree.
-SUPPORTED_LANGUAGE_IDS = (
-    "ar", "da", "de", "el", "en", "es", "fi", "fr", "he", "hi", "it", "ja",
-    "ko", "ms", "nl", "no", "pl", "pt", "ru", "sv", "sw", "tr", "zh",
-)
+# The multilingual model's languages (chatterbox.mtl_tts.SUPPORTED_LANGUAGES, which the model
+# registry copies so that validation needs no torch).
+SUPPORTED_LANGUAGE_IDS = VARIANTS[MULTILINGUAL].languages
 DEFAULT_LANGUAGE_ID = "en"
 
 
@@ -95,7 +94,7 @@ class _Generation(_Request):
     def _check_language(self) -> "_Generation":
         if self.language_id is None:
             return self
-        if self.model != "multilingual":
+        if self.model != MULTILINGUAL:
             raise ValueError("language_id is only for model 'multilingual'")
         if self.language_id.lower() not in SUPPORTED_LANGUAGE_IDS:
             raise ValueError(f"language_id {self.language_id!r} is not supported; "
@@ -104,7 +103,7 @@ class _Generation(_Request):
 
     @property
     def effective_language_id(self) -> str | None:
-        if self.model != "multilingual":
+        if self.model != MULTILINGUAL:
             return None
         return (self.language_id or DEFAULT_LANGUAGE_ID).lower()
 

@@ -25,6 +25,8 @@ from chatterbox_worker.contract.errors import JobError, OutOfMemoryJobError, is_
 from chatterbox_worker.pipeline.job_metrics import Timer, note_memory_retries
 from chatterbox_worker.contract.limits import MAX_SEED
 from chatterbox_worker.contract.delivery import deliver_audio
+from chatterbox_worker.models.options import GenerationOptions
+from chatterbox_worker.models.registry import variant_spec
 from chatterbox_worker.pipeline.text_chunking import split_text
 from chatterbox_worker.voices.sources import VoicePrompt
 
@@ -47,8 +49,9 @@ class SpeechModel(Protocol):
     def prepare_conditionals_from_array(self, samples: np.ndarray, sample_rate: int,
                                         exaggeration: float = 0.5) -> Any: ...
     def default_conditionals(self) -> Any: ...
-    def synthesize(self, text: str, **kwargs: Any) -> np.ndarray: ...
-    def stream(self, text: str, **kwargs: Any) -> Iterator[np.ndarray]: ...
+    def synthesize(self, text: str, *, conditionals: Any, options: GenerationOptions) -> np.ndarray: ...
+    def stream(self, text: str, *, conditionals: Any, options: GenerationOptions, chunk_size: int,
+               first_chunk_size: int | None = None) -> Iterator[np.ndarray]: ...
     def convert_voice(self, samples: np.ndarray, sample_rate: int, target: Any, **kwargs: Any) -> np.ndarray: ...
     def release_memory(self) -> None: ...
 
@@ -156,24 +159,24 @@ class SpeechJob:
     conditionals: Any
     cache_source: str | None
     seed: int
-    sampling: dict[str, Any]
+    options: GenerationOptions
 
 
 def prepare_speech(worker: Worker, request: Any, prompt: VoicePrompt | None, timer: Timer, *,
                    exaggeration: float, cfg_weight: float) -> SpeechJob:
-    """Conditionals and sampling settings for a ``tts`` or ``voice_cloning`` request."""
+    """Conditionals and generation options for a ``tts`` or ``voice_cloning`` request."""
     model = worker.model_for(request.model)
     with timer.measure("conditionals_ms"):
         conds, source = conditionals(worker, model, prompt, exaggeration, request.cache)
     seed = request.seed if request.seed is not None else new_seed()
-    sampling = dict(exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=request.temperature,
-                    repetition_penalty=request.repetition_penalty, min_p=request.min_p, top_p=request.top_p,
-                    max_new_tokens=request.max_new_tokens, seed=seed,
-                    # A drawn seed lets the job's S3Gen windows share calls (model.run_s3gen).
-                    exact_seed=request.seed is not None)
-    if request.effective_language_id is not None:
-        sampling["language_id"] = request.effective_language_id
-    return SpeechJob(model, prompt, conds, source, seed, sampling)
+    # The request sets every sampling knob; the variant's defaults fill the rest (top_k).
+    options = variant_spec(model.variant).options(
+        exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=request.temperature,
+        repetition_penalty=request.repetition_penalty, min_p=request.min_p, top_p=request.top_p,
+        max_new_tokens=request.max_new_tokens, seed=seed, language_id=request.effective_language_id,
+        # A drawn seed lets the job's S3Gen windows share calls (model.run_s3gen).
+        exact_seed=request.seed is not None)
+    return SpeechJob(model, prompt, conds, source, seed, options)
 
 
 def speak(worker: Worker, job: SpeechJob, text: str, progress: Progress | None = None) -> np.ndarray:
@@ -182,7 +185,7 @@ def speak(worker: Worker, job: SpeechJob, text: str, progress: Progress | None =
     parts = []
     for chunk in chunks:
         parts.append(with_memory_retry(
-            worker, lambda: job.model.synthesize(chunk, conditionals=job.conditionals, **job.sampling)))
+            worker, lambda: job.model.synthesize(chunk, conditionals=job.conditionals, options=job.options)))
         if progress is not None and len(chunks) > 1:
             progress(len(parts), len(chunks))
     return join_audio_chunks(parts, job.model.sr)
@@ -198,7 +201,7 @@ def speak_stream(worker: Worker, job: SpeechJob, text: str, chunk_size: int,
     for index, sentence_chunk in enumerate(split_text(text) or [text]):
         first = {"first_chunk_size": first_chunk_size} if index == 0 and first_chunk_size else {}
         windows = stream_with_memory_retry(worker, lambda: job.model.stream(
-            sentence_chunk, conditionals=job.conditionals, chunk_size=chunk_size, **first, **job.sampling))
+            sentence_chunk, conditionals=job.conditionals, options=job.options, chunk_size=chunk_size, **first))
         for wav in windows:
             if wav.size:  # an empty window (the model stopped right after a full one) is no chunk
                 yield wav

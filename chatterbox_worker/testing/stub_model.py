@@ -13,6 +13,7 @@ import numpy as np
 
 from chatterbox_worker.audio.codec import audio_fingerprint
 from chatterbox_worker.contract.limits import SPEECH_TOKENS_PER_SECOND
+from chatterbox_worker.models.options import GenerationOptions
 
 STUB_SR = 24000
 # Stub audio length per character of text, so longer text gives longer audio.
@@ -73,13 +74,15 @@ class StubModel:
         wav = 0.5 * np.sin(2 * np.pi * voice_tone(conds.fingerprint) * t) + 0.01 * rng.standard_normal(n)
         return wav.astype(np.float32)
 
-    def synthesize(self, text, *, conditionals, seed=None, exact_seed=True, **_):
+    def synthesize(self, text, *, conditionals, options: GenerationOptions | None = None):
+        options = options or GenerationOptions()
         self.generations.append((text, conditionals.fingerprint))
-        self.exact_seeds.append(exact_seed)
-        return self._audio(text, conditionals, seed)
+        self.exact_seeds.append(options.exact_seed)
+        return self._audio(text, conditionals, options.seed)
 
-    def stream(self, text, *, conditionals, chunk_size=50, first_chunk_size=None, seed=None, exact_seed=True, **_):
-        wav = self.synthesize(text, conditionals=conditionals, seed=seed, exact_seed=exact_seed)
+    def stream(self, text, *, conditionals, options: GenerationOptions | None = None, chunk_size=50,
+               first_chunk_size=None):
+        wav = self.synthesize(text, conditionals=conditionals, options=options)
         samples_per_token = self.sr // SPEECH_TOKENS_PER_SECOND
         start, size = 0, first_chunk_size or chunk_size
         while start < len(wav):

@@ -30,7 +30,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from tests.real_model import SHORT_VOICE_SECONDS
+from tests.real_model import SHORT_VOICE_SECONDS, alignment_hooks_released, seed_everything
 
 from chatterbox_worker.engine.t3_engine import (
     EngineConfig,
@@ -60,9 +60,6 @@ def library_kwargs(variant: str) -> dict:
 
 def library_tokens(t3, variant: str, t3_cond, text_tokens: torch.Tensor, n: int, seed: int) -> list[int]:
     """The library's own loop, seeded the library's way (the global RNG), stop token cut."""
-    from optimized_chatterbox import seed_everything
-    from chatterbox_worker.models.variants import alignment_hooks_released
-
     with torch.inference_mode(), alignment_hooks_released(t3.tfmr):
         seed_everything(seed)
         if variant == "turbo":
@@ -90,7 +87,6 @@ def library_teacher_forced_logits(t3, variant: str, t3_cond, text_tokens, tokens
     """
     from chatterbox.models.t3.inference.alignment_stream_analyzer import AlignmentStreamAnalyzer
     from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
-    from chatterbox_worker.models.variants import alignment_hooks_released
 
     hp = t3.hp
     out = []
@@ -266,7 +262,8 @@ def test_a_replay_counts_in_the_job_s_metrics_and_the_audio_is_unchanged(model, 
 
     engine = model.engine
     monkeypatch.setattr(engine, "max_jobs", engine.max_jobs)  # the OOM halves it; restored after
-    solo = model.synthesize("Replay.", max_new_tokens=4, seed=8, watermark=False)
+    replay = model.options(max_new_tokens=4, seed=8, watermark=False)
+    solo = model.synthesize("Replay.", options=replay)
     forward = engine.backbone.forward
     state = {"failed": False}
 
@@ -278,7 +275,7 @@ def test_a_replay_counts_in_the_job_s_metrics_and_the_audio_is_unchanged(model, 
 
     monkeypatch.setattr(engine.backbone, "forward", failing_once)
     count_memory_retries()
-    replayed = model.synthesize("Replay.", max_new_tokens=4, seed=8, watermark=False)
+    replayed = model.synthesize("Replay.", options=replay)
     assert state["failed"] and memory_retries() == 1
     assert np.array_equal(replayed, solo)
 
@@ -347,11 +344,19 @@ def real(request, model):
     if variant == "standard":
         yield variant, model
         return
+<<<<<<< HEAD
     from chatterbox_worker.testing.random_checkpoint import ensure_checkpoint
     from chatterbox_worker.models.variants import CKPT_DIR_ENV, create_variant_tts
 
     ckpt = os.environ.get(CKPT_DIR_ENV[variant]) or ensure_checkpoint(variant)
     loaded = create_variant_tts(variant, "cpu", ckpt)
+=======
+    from tests.integration.conftest import load_checkpoint_script
+    from chatterbox_worker.models.registry import VARIANTS, load_model
+
+    ckpt = os.environ.get(VARIANTS[variant].checkpoint_env) or load_checkpoint_script().ensure_checkpoint(variant)
+    loaded = load_model(variant, "cpu", ckpt)
+>>>>>>> variants
     yield variant, loaded
     loaded.close()  # its engine's thread holds the weights
     del loaded
@@ -372,8 +377,8 @@ def real_job(variant, model, conds, text, seed, n=REAL_TOKENS, **overrides):
     extra = {"language_id": "fr"} if variant == "multilingual" else {}
     if variant == "turbo":
         extra = {"language_id": None, "cfg_weight": 0.0, "min_p": 0.0}
-    return model.speech_job(text, conditionals=conds, exaggeration=0.5 if variant != "turbo" else 0.0,
-                            max_new_tokens=n, seed=seed, **{**kwargs, **extra})
+    return model.decode_job(text, conds, model.options(exaggeration=0.5 if variant != "turbo" else 0.0,
+                                                       max_new_tokens=n, seed=seed, **{**kwargs, **extra}))
 
 
 def test_teacher_forced_logits_match_the_library(real, voice):
@@ -415,12 +420,14 @@ def test_seeded_synthesis_from_threads_equals_solo_audio(model, voice):
     samples, sr = voice
     conds = model.prepare_conditionals_from_array(samples[: int(SHORT_VOICE_SECONDS * sr)], sr)
     calls = [dict(text=t, seed=s) for t, s in (("One.", 1), ("Two words.", 2), ("Three more words.", 3))]
-    solo = [model.synthesize(c["text"], conditionals=conds, seed=c["seed"], max_new_tokens=4) for c in calls]
+    solo = [model.synthesize(c["text"], conditionals=conds, options=model.options(seed=c["seed"], max_new_tokens=4))
+            for c in calls]
     results: list[np.ndarray | None] = [None] * len(calls)
 
     def run(i):
         c = calls[i]
-        results[i] = model.synthesize(c["text"], conditionals=conds, seed=c["seed"], max_new_tokens=4)
+        results[i] = model.synthesize(c["text"], conditionals=conds,
+                                      options=model.options(seed=c["seed"], max_new_tokens=4))
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
     for t in threads:

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 from chatterbox.tts import ChatterboxTTS
-from tests.real_model import TINY_TOKENS, bitwise_equal, conditionals_tensors
+from tests.real_model import TINY_TOKENS, bitwise_equal, conditionals_tensors, seed_everything
 
 pytestmark = pytest.mark.integration
 
@@ -95,9 +95,10 @@ def test_pcm16_round_trip_of_float_audio_within_tolerance(model, speech, tmp_pat
 def test_same_seed_same_samples(model, speech):
     samples, sr = speech
     conds = model.prepare_conditionals_from_array(samples, sr)
-    first = model.synthesize("Reproducible.", conditionals=conds, seed=7, max_new_tokens=TINY_TOKENS)
-    again = model.synthesize("Reproducible.", conditionals=conds, seed=7, max_new_tokens=TINY_TOKENS)
-    other = model.synthesize("Reproducible.", conditionals=conds, seed=8, max_new_tokens=TINY_TOKENS)
+    seven = model.options(seed=7, max_new_tokens=TINY_TOKENS)
+    first = model.synthesize("Reproducible.", conditionals=conds, options=seven)
+    again = model.synthesize("Reproducible.", conditionals=conds, options=seven)
+    other = model.synthesize("Reproducible.", conditionals=conds, options=seven.but(seed=8))
     assert first.size > 0 and np.array_equal(first, again)
     assert not np.array_equal(first, other)
 
@@ -118,13 +119,11 @@ def test_stream_samples_the_library_tokens(model, speech):
     torch.Generator with the same seed and draws with it in the same order, so the draws
     agree token for token.
     """
-    from optimized_chatterbox import seed_everything
-
     samples, sr = speech
     conds = model.prepare_conditionals_from_array(samples, sr)
     kwargs = dict(temperature=0.8, cfg_weight=0.5, repetition_penalty=1.2, min_p=0.05, top_p=1.0)
-    job = model.speech_job("Streaming check.", conditionals=conds, exaggeration=0.5, max_new_tokens=6, seed=11,
-                           **kwargs)
+    job = model.decode_job("Streaming check.", conds, model.options(exaggeration=0.5, max_new_tokens=6, seed=11,
+                                                                    **kwargs))
     with torch.inference_mode():
         seed_everything(11)
         library_tokens = model.t3.inference(t3_cond=model.conditionals_for_call(conds, 0.5).t3,
@@ -139,7 +138,8 @@ def test_stream_samples_the_library_tokens(model, speech):
 def test_stream_yields_chunks_of_audio(model, speech):
     samples, sr = speech
     conds = model.prepare_conditionals_from_array(samples, sr)
-    chunks = list(model.stream("Chunks.", conditionals=conds, chunk_size=2, seed=5, max_new_tokens=TINY_TOKENS))
+    chunks = list(model.stream("Chunks.", conditionals=conds, chunk_size=2,
+                               options=model.options(seed=5, max_new_tokens=TINY_TOKENS)))
     assert len(chunks) >= 2 and all(c.dtype == np.float32 for c in chunks)
 
 

@@ -34,8 +34,7 @@ def tokens(seed: int = 0) -> torch.Tensor:
 
 def library_audio(model, speech_tokens, gen, seed: int) -> np.ndarray:
     """The library's S3Gen methods (those s3gen_noise replaced), seeded with the global RNG."""
-    from optimized_chatterbox import seed_everything
-    from tests.real_model import library_s3gen_methods
+    from tests.real_model import library_s3gen_methods, seed_everything
 
     with library_s3gen_methods(model.s3gen), torch.inference_mode():
         seed_everything(seed)

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from chatterbox.mtl_tts import ChatterboxMultilingualTTS
 from chatterbox.tts_turbo import ChatterboxTurboTTS
-from tests.real_model import TINY_TOKENS, bitwise_equal
+from tests.real_model import TINY_TOKENS, alignment_hooks_released, bitwise_equal, seed_everything
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,12 +26,12 @@ PROMPT_SECONDS = 6.0
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def variant_model(request):
+    from chatterbox_worker.models.registry import VARIANTS as REGISTRY, load_model
     from chatterbox_worker.testing.random_checkpoint import ensure_checkpoint
-    from chatterbox_worker.models.variants import CKPT_DIR_ENV, create_variant_tts
 
     variant = request.param
-    ckpt = os.environ.get(CKPT_DIR_ENV[variant]) or ensure_checkpoint(variant)
-    model = create_variant_tts(variant, "cpu", ckpt)
+    ckpt = os.environ.get(REGISTRY[variant].checkpoint_env) or ensure_checkpoint(variant)
+    model = load_model(variant, "cpu", ckpt)
     yield model
     model.close()  # its engine's thread holds the weights
     del model
@@ -82,11 +82,11 @@ def test_seeded_synthesis_is_reproducible_and_leaves_no_hooks(variant_model, spe
     samples, sr = speech
     conds = variant_model.prepare_conditionals_from_array(samples, sr)
     hooks_before = sum(len(m._forward_hooks) for m in variant_model.t3.tfmr.modules())
-    kwargs = dict(conditionals=conds, seed=5, max_new_tokens=TINY_TOKENS)
+    options = variant_model.options(seed=5, max_new_tokens=TINY_TOKENS)
     if variant_model.variant == "multilingual":
-        kwargs["language_id"] = "fr"
-    first = variant_model.synthesize("Bonjour tout le monde.", **kwargs)
-    again = variant_model.synthesize("Bonjour tout le monde.", **kwargs)
+        options = options.but(language_id="fr")
+    first = variant_model.synthesize("Bonjour tout le monde.", conditionals=conds, options=options)
+    again = variant_model.synthesize("Bonjour tout le monde.", conditionals=conds, options=options)
     assert first.dtype == np.float32 and first.size > 0
     assert np.array_equal(first, again)
     assert sum(len(m._forward_hooks) for m in variant_model.t3.tfmr.modules()) == hooks_before
@@ -98,22 +98,19 @@ def test_stream_samples_the_library_tokens(variant_model, speech):
     The library seeds the global RNG; the engine seeds the job's own generator alike and
     draws in the same order (see test_fidelity.test_stream_samples_the_library_tokens).
     """
-    from optimized_chatterbox import seed_everything
-    from chatterbox_worker.models.variants import alignment_hooks_released
-
     samples, sr = speech
     conds = variant_model.prepare_conditionals_from_array(samples, sr)
     t3 = variant_model.t3
     if variant_model.variant == "multilingual":
         kwargs = dict(temperature=0.8, cfg_weight=0.5, repetition_penalty=2.0, min_p=0.05, top_p=1.0)
-        job = variant_model.speech_job("Hola a todos.", conditionals=conds, exaggeration=0.5, max_new_tokens=6,
-                                       seed=11, language_id="es", **kwargs)
+        job = variant_model.decode_job("Hola a todos.", conds, variant_model.options(
+            exaggeration=0.5, max_new_tokens=6, seed=11, language_id="es", **kwargs))
         library_call = lambda call: t3.inference(t3_cond=call.t3, text_tokens=job.text_tokens,  # noqa: E731
                                                  max_new_tokens=6, **kwargs)[0]
     else:
         kwargs = dict(temperature=0.8, top_k=1000, top_p=0.95, repetition_penalty=1.2)
-        job = variant_model.speech_job("Hello there.", conditionals=conds, exaggeration=0.0, cfg_weight=0.0,
-                                       min_p=0.0, max_new_tokens=6, seed=11, language_id=None, **kwargs)
+        job = variant_model.decode_job("Hello there.", conds, variant_model.options(
+            exaggeration=0.0, cfg_weight=0.0, min_p=0.0, max_new_tokens=6, seed=11, language_id=None, **kwargs))
         library_call = lambda call: t3.inference_turbo(t3_cond=call.t3, text_tokens=job.text_tokens,  # noqa: E731
                                                        max_gen_len=5, **kwargs)[0]
     with torch.inference_mode(), alignment_hooks_released(t3.tfmr):
@@ -130,7 +127,6 @@ def test_stream_samples_the_library_tokens(variant_model, speech):
 def test_s3gen_draws_the_library_s_noise_from_the_job_s_seed(variant_model, speech):
     """Turbo's mean-flow noise and both vocoders' draws come from the decode's generators:
     the library's audio for the seed, with the global RNG untouched."""
-    from optimized_chatterbox import seed_everything
     from tests.real_model import library_s3gen_methods
 
     samples, sr = speech

@@ -38,8 +38,8 @@ class RecordingStream:
     def __init__(self, model, events):
         self.model, self.events = model, events
 
-    def __call__(self, text, *, conditionals, chunk_size=50, seed=None, **_):
-        wav = self.model.synthesize(text, conditionals=conditionals, seed=seed)
+    def __call__(self, text, *, conditionals, options=None, chunk_size=50, **_):
+        wav = self.model.synthesize(text, conditionals=conditionals, options=options)
         step = max(1, chunk_size * self.model.sr // 25)
         for index, start in enumerate(range(0, len(wav), step)):
             self.events.append(("made", index))

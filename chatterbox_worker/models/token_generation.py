@@ -1,0 +1,191 @@
+"""Generation through the decode engine: the one ``synthesize`` / ``stream`` pair.
+
+Speech tokens come from the model's T3 engine (:mod:`engine.t3_engine`): every call from
+any thread becomes a job there, batched with the others into shared T3 steps, drawing from
+its own seeded generator. ``synthesize`` decodes the tokens once at the end; ``stream``
+decodes each window on the calling thread as soon as its tokens are drawn, while the engine
+goes on. Each variant says how its text and options become a :class:`DecodeJob`
+(``decode_job``); everything after that is shared.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from chatterbox.models.t3.modules.cond_enc import T3Cond
+from chatterbox.tts import Conditionals
+
+from chatterbox_worker.engine.t3_engine import EngineConfig, SamplingParams, T3Engine, TokenStream
+from chatterbox_worker.models.options import GenerationOptions
+from chatterbox_worker.models.registry import VariantSpec
+from chatterbox_worker.models.s3gen_windows import SPEECH_VOCAB_SIZE, decode_window, stream_windows
+from chatterbox_worker.pipeline.job_metrics import note_memory_retries
+from chatterbox_worker.settings import get_settings
+
+SPEECH_START_TOKEN = SPEECH_VOCAB_SIZE  # T3's start-of-speech token (hp.start_speech_token)
+DEFAULT_CHUNK_TOKENS = 50
+# Two threads may ask for a model's engine at once; one builds it.
+_ENGINE_CREATION = threading.Lock()
+
+
+@dataclass
+class DecodeJob:
+    """One generation, ready to decode: T3's inputs and sampling settings for the engine,
+    the voice's S3Gen conditionals and the variant's S3Gen steps for the windows."""
+
+    t3_cond: T3Cond
+    text_tokens: torch.Tensor
+    params: SamplingParams
+    gen: dict
+    # Turbo ends every utterance with a little silence and decodes with fewer flow steps.
+    tail: torch.Tensor | None = None
+    n_cfm_timesteps: int | None = None
+    # Basic mode of the standard and multilingual models decodes what the library's
+    # drop_invalid_tokens keeps: tokens after a sampled start-of-speech token.
+    cut_at_start_token: bool = True
+    # False when the seed was drawn for the job rather than asked for: its S3Gen windows may
+    # then share calls with other jobs' (see run_s3gen).
+    exact_seed: bool = True
+
+
+def cfg_text_batch(tokens: torch.Tensor, hp) -> torch.Tensor:
+    """Text tokens as T3 takes them: a batch of two (conditional, unconditional), framed by
+    the start and stop text tokens. Always two rows: T3 inference assumes it, and the
+    library's own generate crashes on cfg_weight=0 because it then passes one."""
+    tokens = torch.cat([tokens, tokens], dim=0)
+    tokens = torch.nn.functional.pad(tokens, (1, 0), value=hp.start_text_token)
+    return torch.nn.functional.pad(tokens, (0, 1), value=hp.stop_text_token)
+
+
+def token_cap(max_new_tokens: int | None) -> int:
+    """A job's speech-token cap, or the configured default."""
+    return max_new_tokens or get_settings().chatterbox_max_new_tokens
+
+
+def sampling_params(options: GenerationOptions) -> SamplingParams:
+    """The engine's sampling settings for the standard and multilingual loops."""
+    return SamplingParams(max_new_tokens=token_cap(options.max_new_tokens), temperature=options.temperature,
+                          top_p=options.top_p, min_p=options.min_p, top_k=options.top_k,
+                          repetition_penalty=options.repetition_penalty, cfg_weight=options.cfg_weight,
+                          seed=options.seed)
+
+
+class EngineGenerationMixin:
+    """A model's T3 engine and the generation calls that run through it.
+
+    Mixed in before a Chatterbox library class (which provides ``t3``); the class provides
+    ``spec`` (its registry entry) and ``decode_job``.
+    """
+
+    spec: VariantSpec
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._t3_engine: T3Engine | None = None
+
+    # -- the decode engine -------------------------------------------------------------
+
+    def _create_engine(self) -> T3Engine:
+        """A started T3 engine for this model's T3, with the variant's recipe."""
+        config = EngineConfig.from_settings(on_gpu=self.t3.device.type == "cuda")
+        engine = T3Engine(self.t3, self.spec.recipe, config)
+        engine.start()
+        return engine
+
+    @property
+    def engine(self) -> T3Engine:
+        """This model's T3 engine, started on first use (thread-safe)."""
+        if self._t3_engine is None:
+            with _ENGINE_CREATION:
+                if self._t3_engine is None:
+                    self._t3_engine = self._create_engine()
+        return self._t3_engine
+
+    def close(self) -> None:
+        """Stop this model's T3 engine, so that the model can be freed."""
+        with _ENGINE_CREATION:
+            engine, self._t3_engine = self._t3_engine, None
+        if engine is not None:
+            engine.stop()
+
+    def engine_stats(self) -> dict:
+        """Counters of the T3 engine (jobs, tokens, steps, out-of-memory retries) and of the
+        S3Gen lane (``s3gen``: calls, windows, calls shared by several windows)."""
+        stats = self._t3_engine.stats() if self._t3_engine is not None else {}
+        return {**stats, "s3gen": self.s3gen_lane.stats()}
+
+    def warm_up(self) -> None:
+        """Start the engine now: allocate its KV cache and, on a GPU, capture its CUDA graphs."""
+        self.engine  # noqa: B018 - the property starts it
+
+    # -- generation --------------------------------------------------------------------
+
+    @property
+    def generation_defaults(self) -> GenerationOptions:
+        """The options ``synthesize`` and ``stream`` use when given none (the variant's)."""
+        return self.spec.defaults
+
+    def options(self, **changes: Any) -> GenerationOptions:
+        """The variant's default options with some fields changed."""
+        return self.spec.options(**changes)
+
+    def decode_job(self, text: str, conditionals: Conditionals | None, options: GenerationOptions) -> DecodeJob:
+        """The variant's steps from text, voice and options to a job for the engine."""
+        raise NotImplementedError
+
+    def synthesize(self, text: str, *, conditionals: Conditionals | None = None,
+                   options: GenerationOptions | None = None) -> np.ndarray:
+        """Text to a float32 waveform at ``self.sr``: every token first, then one S3Gen decode.
+
+        ``conditionals`` None speaks in the checkpoint's built-in voice; ``options`` None
+        uses the variant's defaults.
+        """
+        options = options or self.generation_defaults
+        job = self.decode_job(text, conditionals, options)
+        tokens_stream = self.speech_tokens(job, flush_every=None)
+        tokens = list(tokens_stream)
+        note_memory_retries(tokens_stream.retries)  # the engine replayed the job after running out of memory
+        if job.cut_at_start_token and SPEECH_START_TOKEN in tokens:
+            tokens = tokens[tokens.index(SPEECH_START_TOKEN) + 1:]
+        wav = decode_window(self, tokens, 0, job.gen, tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps,
+                            seed=job.params.seed, exact_seed=job.exact_seed)
+        return self._watermark(wav) if options.watermark else wav
+
+    def stream(self, text: str, *, conditionals: Conditionals | None = None,
+               options: GenerationOptions | None = None, chunk_size: int = DEFAULT_CHUNK_TOKENS,
+               first_chunk_size: int | None = None) -> Iterator[np.ndarray]:
+        """Yield audio every ``chunk_size`` speech tokens (the first window:
+        ``first_chunk_size``) while T3 is still sampling.
+
+        The job is built here, so a bad option fails the call rather than the first window.
+        """
+        options = options or self.generation_defaults
+        job = self.decode_job(text, conditionals, options)
+        return self._stream(job, chunk_size, options.watermark, first_chunk_size)
+
+    def speech_tokens(self, job: DecodeJob, *, forced_tokens: list[int] | None = None,
+                      flush_every: int | None = 1) -> TokenStream:
+        """The job's speech tokens as the engine draws them (its stop token excluded),
+        handed over every ``flush_every`` tokens (None: all at the end)."""
+        return self.engine.submit(job.t3_cond, job.text_tokens, job.params, forced_tokens=forced_tokens,
+                                  flush_every=flush_every)
+
+    def _stream(self, job: DecodeJob, chunk_size: int, watermark: bool,
+                first_chunk_size: int | None = None) -> Iterator[np.ndarray]:
+        """Each window of ``chunk_size`` tokens (the first: ``first_chunk_size``) is decoded
+        as soon as it is drawn."""
+        # Tokens are handed over in groups that divide every window, so no window waits.
+        flush_every = math.gcd(first_chunk_size, chunk_size) if first_chunk_size else chunk_size
+        tokens = self.speech_tokens(job, flush_every=flush_every)
+        try:
+            yield from stream_windows(self, tokens, job.gen, chunk_size=chunk_size, watermark=watermark,
+                                      tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps, seed=job.params.seed,
+                                      exact_seed=job.exact_seed, first_chunk_size=first_chunk_size)
+        finally:
+            tokens.close()  # a consumer that stops early cancels the job in the engine
+            note_memory_retries(tokens.retries)
