@@ -38,7 +38,7 @@ from chatterbox_worker.audio.codec import resample
 from chatterbox_worker.pipeline.job_metrics import note_memory_retries
 from chatterbox_worker.s3gen.lane import S3GenLane, Window
 from chatterbox_worker.settings import get_settings
-from chatterbox_worker.engine.t3_engine import EngineConfig, SamplingParams, T3Engine, TokenStream
+from chatterbox_worker.engine import EngineConfig, SamplingParams, T3Engine, TokenStream
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,15 @@ CONDITIONALS_FORMAT = "chatterbox-conditionals-v1"
 _T3_DERIVED_FIELDS = ("cond_prompt_speech_emb",)
 # Two threads may ask for a model's engine at once; one builds it.
 _ENGINE_CREATION = threading.Lock()
+
+
+def engine_config(on_gpu: bool) -> EngineConfig:
+    """The decode engine's settings from the worker's: as many slots as jobs it takes at once
+    (more would only reserve memory), unless ENGINE_MAX_SLOTS says otherwise."""
+    s = get_settings()
+    return EngineConfig(max_slots=s.engine_max_slots or s.concurrent_jobs(on_gpu),
+                        max_context_tokens=s.engine_max_context_tokens, dtype=s.t3_dtype,
+                        cuda_graphs=s.cuda_graphs, kv_memory_fraction=s.engine_kv_memory_fraction)
 
 
 def prompt_at_model_rate(samples: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -248,7 +257,7 @@ class ArrayConditioningMixin:
         if self._t3_engine is None:
             with _ENGINE_CREATION:
                 if self._t3_engine is None:
-                    config = EngineConfig.from_settings(on_gpu=self.t3.device.type == "cuda")
+                    config = engine_config(on_gpu=self.t3.device.type == "cuda")
                     engine = T3Engine(self.t3, self.variant, config)
                     engine.start()
                     self._t3_engine = engine
@@ -264,7 +273,7 @@ class ArrayConditioningMixin:
     def engine_stats(self) -> dict:
         """Counters of the T3 engine (jobs, tokens, steps, out-of-memory retries) and of the
         S3Gen lane (``s3gen``: calls, windows, calls shared by several windows)."""
-        stats = self._t3_engine.stats() if self._t3_engine is not None else {}
+        stats = self._t3_engine.stats().as_dict() if self._t3_engine is not None else {}
         return {**stats, "s3gen": self.s3gen_lane.stats()}
 
     def warm_up(self) -> None:

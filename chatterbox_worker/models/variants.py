@@ -34,7 +34,7 @@ from optimized_chatterbox import (
     default_device,
     token_cap,
 )
-from chatterbox_worker.engine.t3_engine import SamplingParams
+from chatterbox_worker.engine import SamplingParams
 
 logger = logging.getLogger(__name__)
 
