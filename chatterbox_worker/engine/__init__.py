@@ -17,7 +17,14 @@ The names below load their modules on first use, so that importing the torch-fre
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names, for type checkers
+    from chatterbox_worker.engine.config import EngineConfig
+    from chatterbox_worker.engine.core import T3Engine
+    from chatterbox_worker.engine.sampling import SamplingParams
+    from chatterbox_worker.engine.stats import EngineStats
+    from chatterbox_worker.engine.streams import TokenStream
 
 _EXPORTS = {
     "T3Engine": "core",

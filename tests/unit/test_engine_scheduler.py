@@ -129,7 +129,7 @@ def test_out_of_memory_halves_the_bound_and_requeues_in_front():
 def test_a_second_out_of_memory_fails_the_request():
     s = Scheduler(max_jobs=2, max_rows=100)
     s.add(r := request())
-    for attempt in range(MAX_OOM_RETRIES + 1):
+    for _ in range(MAX_OOM_RETRIES + 1):
         assert s.schedule().admitted == [r]
         failed = s.recover_from_out_of_memory()
     assert failed == [r] and r.status is RequestStatus.FINISHED_FAILED
