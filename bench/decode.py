@@ -142,7 +142,8 @@ def tiny_ms_per_token(device: str, threads: int | None = None) -> dict[str, floa
 def _tiny_ms_per_token(device: str) -> dict[str, float]:
     import torch
 
-    from chatterbox_worker.engine.t3_engine import EngineConfig, SamplingParams, T3Engine, build_tiny_t3, tiny_conditionals, tiny_text_tokens
+    from chatterbox_worker.engine import EngineConfig, SamplingParams, T3Engine
+    from chatterbox_worker.testing.tiny_t3 import build_tiny_t3, tiny_conditionals, tiny_text_tokens
 
     t3 = build_tiny_t3("standard", layers=TINY_LAYERS, width=TINY_WIDTH).to(device)
     text = tiny_text_tokens(t3).to(device)

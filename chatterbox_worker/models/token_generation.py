@@ -1,6 +1,6 @@
 """Generation through the decode engine: the one ``synthesize`` / ``stream`` pair.
 
-Speech tokens come from the model's T3 engine (:mod:`engine.t3_engine`): every call from
+Speech tokens come from the model's T3 engine (:mod:`chatterbox_worker.engine`): every call from
 any thread becomes a job there, batched with the others into shared T3 steps, drawing from
 its own seeded generator. ``synthesize`` decodes the tokens once at the end; ``stream``
 decodes each window on the calling thread as soon as its tokens are drawn, while the engine
@@ -20,7 +20,7 @@ import torch
 from chatterbox.models.t3.modules.cond_enc import T3Cond
 from chatterbox.tts import Conditionals
 
-from chatterbox_worker.engine.t3_engine import EngineConfig, SamplingParams, T3Engine, TokenStream
+from chatterbox_worker.engine import EngineConfig, SamplingParams, T3Engine, TokenStream
 from chatterbox_worker.models.options import GenerationOptions
 from chatterbox_worker.models.registry import VariantSpec
 from chatterbox_worker.models.s3gen_windows import SPEECH_VOCAB_SIZE, decode_window, stream_windows
@@ -34,6 +34,15 @@ _ENGINE_CREATION = threading.Lock()
 
 
 @dataclass
+
+def engine_config(on_gpu: bool) -> EngineConfig:
+    """The decode engine's settings from the worker's: as many slots as jobs it takes at once
+    (more would only reserve memory), unless ENGINE_MAX_SLOTS says otherwise."""
+    s = get_settings()
+    return EngineConfig(max_slots=s.engine_max_slots or s.concurrent_jobs(on_gpu),
+                        max_context_tokens=s.engine_max_context_tokens, dtype=s.t3_dtype,
+                        cuda_graphs=s.cuda_graphs, kv_memory_fraction=s.engine_kv_memory_fraction)
+
 class DecodeJob:
     """One generation, ready to decode: T3's inputs and sampling settings for the engine,
     the voice's S3Gen conditionals and the variant's S3Gen steps for the windows."""
@@ -92,7 +101,7 @@ class EngineGenerationMixin:
 
     def _create_engine(self) -> T3Engine:
         """A started T3 engine for this model's T3, with the variant's recipe."""
-        config = EngineConfig.from_settings(on_gpu=self.t3.device.type == "cuda")
+        config = engine_config(on_gpu=self.t3.device.type == "cuda")
         engine = T3Engine(self.t3, self.spec.recipe, config)
         engine.start()
         return engine
@@ -116,7 +125,7 @@ class EngineGenerationMixin:
     def engine_stats(self) -> dict:
         """Counters of the T3 engine (jobs, tokens, steps, out-of-memory retries) and of the
         S3Gen lane (``s3gen``: calls, windows, calls shared by several windows)."""
-        stats = self._t3_engine.stats() if self._t3_engine is not None else {}
+        stats = self._t3_engine.stats().as_dict() if self._t3_engine is not None else {}
         return {**stats, "s3gen": self.s3gen_lane.stats()}
 
     def warm_up(self) -> None:

@@ -4,7 +4,7 @@ Both classes follow :class:`optimized_chatterbox.OptimizedChatterboxTTS`: a voic
 conditionals come from an array (the library's own steps, returned rather than stored),
 every call takes its conditionals and options as arguments and never reads or writes
 ``self.conds``, and the number of speech tokens is bounded. T3 sampling runs in the model's
-decode engine (``engine.t3_engine``), whose recipe for each variant takes the steps of its
+decode engine (``chatterbox_worker.engine``), whose recipe for each variant takes the steps of its
 library class's ``generate``: the multilingual loop with its alignment checks, Turbo's
 ``inference_turbo``. Each class here says only how text and options become a
 :class:`DecodeJob`; its defaults, checkpoint setting and languages are in :mod:`.registry`.
@@ -26,7 +26,7 @@ from chatterbox.tts import Conditionals
 from chatterbox.tts_turbo import ChatterboxTurboTTS
 from chatterbox.tts_turbo import punc_norm as turbo_punc_norm
 
-from chatterbox_worker.engine.t3_engine import SamplingParams
+from chatterbox_worker.engine import SamplingParams
 from chatterbox_worker.models.base import WorkerModelMixin
 from chatterbox_worker.models.options import GenerationOptions
 from chatterbox_worker.models.registry import MULTILINGUAL, TURBO, load_model

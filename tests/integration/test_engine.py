@@ -32,15 +32,9 @@ import pytest
 import torch
 from tests.real_model import SHORT_VOICE_SECONDS, alignment_hooks_released, seed_everything
 
-from chatterbox_worker.engine.t3_engine import (
-    EngineConfig,
-    SamplingParams,
-    T3Engine,
-    _DecodeGraph,
-    build_tiny_t3,
-    tiny_conditionals,
-    tiny_text_tokens,
-)
+from chatterbox_worker.engine import EngineConfig, SamplingParams, T3Engine
+from chatterbox_worker.engine.cuda_graphs import DecodeGraph
+from chatterbox_worker.testing.tiny_t3 import build_tiny_t3, tiny_conditionals, tiny_text_tokens
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +173,7 @@ def test_tiny_concurrent_jobs_match_their_solo_runs(tiny):
     solo = [list(engine.submit(*job)) for job in jobs]
     batched = run_concurrently(engine, jobs, stagger_s=0.01)
     assert batched == solo
-    assert engine.stats()["max_batch_jobs"] >= 3
+    assert engine.stats().max_batch_jobs >= 3
 
 
 def test_tiny_batched_logits_agree_with_solo(tiny):
@@ -243,7 +237,7 @@ def test_out_of_memory_lowers_the_slots_and_retries_once(monkeypatch):
     state = {"failed": False}
 
     def failing_once(*args, **kwargs):
-        if not kwargs.get("prefill") and not state["failed"] and engine.stats()["active_jobs"] >= 2:
+        if not kwargs.get("prefill") and not state["failed"] and engine.stats().active_jobs >= 2:
             state["failed"] = True
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return forward(*args, **kwargs)
@@ -251,8 +245,8 @@ def test_out_of_memory_lowers_the_slots_and_retries_once(monkeypatch):
     monkeypatch.setattr(engine.backbone, "forward", failing_once)
     batched = run_concurrently(engine, jobs)
     stats = engine.stats()
-    assert state["failed"] and stats["oom_retries"] == 1 and stats["oom_failures"] == 0
-    assert stats["max_jobs"] < 4
+    assert state["failed"] and stats.oom_retries == 1 and stats.oom_failures == 0
+    assert stats.max_jobs < 4
     assert batched == solo  # the replay redraws the same tokens and delivers none twice
 
 
@@ -287,9 +281,9 @@ def test_closing_a_stream_cancels_its_job():
     first = next(iter(stream))
     stream.close()
     deadline = time.time() + 10
-    while engine.stats()["active_jobs"] and time.time() < deadline:
+    while engine.stats().active_jobs and time.time() < deadline:
         time.sleep(0.01)
-    assert isinstance(first, int) and engine.stats()["active_jobs"] == 0
+    assert isinstance(first, int) and engine.stats().active_jobs == 0
     # The engine goes on serving.
     assert len(list(engine.submit(tiny_conditionals(t3), tiny_text_tokens(t3), engine_params("standard", 3, 1)))) == 3
 
@@ -303,7 +297,7 @@ def test_gpu_only_settings_fall_back_on_cpu():
     assert engine.dtype == torch.float32 and engine.graphs == {}
     assert next(iter(t3.tfmr.parameters())).dtype == torch.float32
     with pytest.raises(RuntimeError, match="CUDA"):
-        _DecodeGraph(engine, 2)
+        DecodeGraph(engine.backbone, engine.runner.kv_cache, 2)
 
 
 def test_full_length_padded_step_equals_the_sliced_step():
@@ -311,18 +305,18 @@ def test_full_length_padded_step_equals_the_sliced_step():
     bucket at position 0) gives the eager step's hidden states, here checked on CPU."""
     t3 = build_tiny_t3("standard", layers=2)
     engine = T3Engine(t3, "standard", EngineConfig(max_slots=4, max_context_tokens=256))
-    engine._allocate()
-    engine._ensure_clean(engine.max_len)  # a GPU cache starts zeroed over its whole length
+    engine.runner.allocate()
+    engine.runner.kv_cache.ensure_clean(engine.max_len)  # a GPU cache starts zeroed over its whole length
     engine._thread = "driven by this test"  # no loop thread: the test steps the engine itself
     cond = tiny_conditionals(t3)
     for i in range(2):
         engine.submit(cond, tiny_text_tokens(t3, n=5 + 3 * i, seed=i), engine_params("standard", 50, seed=i))
     with torch.inference_mode():
         for _ in range(4):
-            engine._iteration()
-        jobs = engine._active
-        n = sum(j.rows for j in jobs)
-        positions = torch.tensor([j.length for j in jobs for _ in range(j.rows)])[:, None]
+            engine.step()
+        jobs = engine.scheduler.running
+        n = sum(j.num_rows for j in jobs)
+        positions = torch.tensor([j.num_cached for j in jobs for _ in range(j.num_rows)])[:, None]
         x = torch.randn(n, 1, engine.backbone.hidden, generator=torch.Generator().manual_seed(0))
         sliced, _ = engine.backbone.forward(x, positions, engine.cache, slice(0, n), int(positions.max()) + 1,
                                             prefill=False)
@@ -344,19 +338,11 @@ def real(request, model):
     if variant == "standard":
         yield variant, model
         return
-<<<<<<< HEAD
-    from chatterbox_worker.testing.random_checkpoint import ensure_checkpoint
-    from chatterbox_worker.models.variants import CKPT_DIR_ENV, create_variant_tts
-
-    ckpt = os.environ.get(CKPT_DIR_ENV[variant]) or ensure_checkpoint(variant)
-    loaded = create_variant_tts(variant, "cpu", ckpt)
-=======
-    from tests.integration.conftest import load_checkpoint_script
     from chatterbox_worker.models.registry import VARIANTS, load_model
+    from chatterbox_worker.testing.random_checkpoint import ensure_checkpoint
 
-    ckpt = os.environ.get(VARIANTS[variant].checkpoint_env) or load_checkpoint_script().ensure_checkpoint(variant)
+    ckpt = os.environ.get(VARIANTS[variant].checkpoint_env) or ensure_checkpoint(variant)
     loaded = load_model(variant, "cpu", ckpt)
->>>>>>> variants
     yield variant, loaded
     loaded.close()  # its engine's thread holds the weights
     del loaded

@@ -1,0 +1,48 @@
+"""A job's tokens on the caller's side: the :class:`TokenStream` that ``T3Engine.submit`` returns."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from chatterbox_worker.engine.requests import END_OF_STREAM, EngineRequest
+
+
+class TokenStream:
+    """A job's speech tokens (ints) as the engine draws them; iterate on the caller's thread.
+
+    Closing it early (or breaking out of the loop) cancels the job. ``retries`` counts the
+    times the engine restarted it after running out of memory.
+    """
+
+    def __init__(self, request: EngineRequest, abort: Callable[[EngineRequest], None]):
+        self._request = request
+        self._abort = abort
+
+    @property
+    def retries(self) -> int:
+        return self._request.retries
+
+    @property
+    def seed(self) -> int:
+        return self._request.seed
+
+    @property
+    def logits(self) -> list:
+        """A teacher-forced job's logits per step (after CFG, before processors)."""
+        return self._request.logit_log
+
+    def __iter__(self) -> Iterator[int]:
+        try:
+            while True:
+                item = self._request.outbox.queue.get()
+                if item is END_OF_STREAM:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield from item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        request = self._request
+        if not request.status.is_finished and not request.cancel_requested:
+            self._abort(request)
