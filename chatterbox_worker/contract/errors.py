@@ -150,9 +150,9 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, ClassifiedError):
         return exc.failure
     if isinstance(exc, (ServiceUnavailableError, SettingsError)):  # a bad variable: every job names it
-        return Failure(Fault.UNAVAILABLE, f"{SERVICE_PREFIX}: this worker cannot serve jobs ({exc}); it will be replaced",
-                       f"this worker cannot serve requests: {exc}", status=503, type=SERVER_ERROR,
-                       code="service_unavailable", refresh_worker=True)
+        queue_text = f"{SERVICE_PREFIX}: this worker cannot serve jobs ({exc}); it will be replaced"
+        return Failure(Fault.UNAVAILABLE, queue_text, f"this worker cannot serve requests: {exc}", status=503,
+                       type=SERVER_ERROR, code="service_unavailable", refresh_worker=True)
     if isinstance(exc, ServerError):
         text = f"{SERVER_PREFIX}: {exc}"
         return Failure(Fault.SERVER, text, text, exc.field, 500, SERVER_ERROR, "server_error")

@@ -17,7 +17,13 @@ from chatterbox_worker.audio.streaming import SPEECH_MIME_TYPES
 from chatterbox_worker.contract.errors import JobError
 from chatterbox_worker.contract.limits import MB, MODEL_VARIANTS
 from chatterbox_worker.http.openai_errors import OpenAIError
-from chatterbox_worker.http.openai_speech import MODEL_VARIANTS_BY_NAME, SPEECH_SAMPLE_RATE, parse_speech_request, prepare, synthesize
+from chatterbox_worker.http.openai_speech import (
+    MODEL_VARIANTS_BY_NAME,
+    SPEECH_SAMPLE_RATE,
+    parse_speech_request,
+    prepare,
+    synthesize,
+)
 from chatterbox_worker.settings import get_settings, mb_to_bytes
 
 logger = logging.getLogger(__name__)

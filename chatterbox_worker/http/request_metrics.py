@@ -97,4 +97,5 @@ class RequestMetricsMiddleware:
             raise
         finally:
             if meter.route is not None:
-                http_metrics.record_request(meter.route, outcome or meter.outcome(), time.perf_counter() - meter.started)
+                seconds = time.perf_counter() - meter.started
+                http_metrics.record_request(meter.route, outcome or meter.outcome(), seconds)

@@ -62,8 +62,8 @@ def test_every_exception_class_is_classified(exc, fault, status, job_status, typ
     (JobError("text", "bad"), "text: bad", "text: bad"),
     (ServerError("model", "broke"), "server: model: broke", "server: model: broke"),
     (RuntimeError("boom"), "internal: RuntimeError: boom", "internal: RuntimeError: boom"),
-    (ServiceUnavailableError("load failed"), "service: this worker cannot serve jobs (load failed); it will be replaced",
-     "this worker cannot serve requests: load failed"),
+    (ServiceUnavailableError("load failed"),
+     "service: this worker cannot serve jobs (load failed); it will be replaced", "this worker cannot serve requests: load failed"),
 ])
 def test_the_texts_each_surface_shows(exc, queue_text, http_text):
     assert error_result(classify(exc))["error"] == queue_text
