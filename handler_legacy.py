@@ -2,9 +2,11 @@
 
 Each voice's array is written to a temporary WAV file and handed to the library's own
 ``ChatterboxTTS.prepare_conditionals(path)``, which reads it back. Nothing is cached. The
-job contract and everything after the conditionals are shared with ``handler.py``, so a
-comparison of the two measures the voice path alone. Generation uses the same bounded
-sampling call: the library's ``generate`` hard-codes 1000 new speech tokens.
+job contract and everything after the conditionals are shared with ``handler.py``, and the
+worker is loaded the same way (``serving.bootstrap``: a failed load is remembered and
+answered with ``service: ...``), so a comparison of the two measures the voice path alone.
+Generation uses the same bounded sampling call: the library's ``generate`` hard-codes 1000
+new speech tokens.
 
 Roll back by starting this file instead of handler.py: ``python -u handler_legacy.py``.
 """
@@ -16,8 +18,9 @@ import tempfile
 import threading
 from typing import Any
 
-import handler as optimized_handler
-from chatterbox_worker.contract.errors import ServiceUnavailableError
+from chatterbox_worker.serving.bootstrap import WorkerLoader, configure_logging, load_model
+from chatterbox_worker.serving.jobs import run_job
+from handler import progress_reporter
 
 logger = logging.getLogger("chatterbox_worker.legacy")
 
@@ -27,8 +30,6 @@ TEMP_PREFIX = "chatterbox-voice-"
 # The library's prepare_conditionals stores its result on the shared model (self.conds):
 # two jobs must not interleave between that write and the read that follows it.
 _conds_lock = threading.Lock()
-_worker = None
-_worker_lock = threading.Lock()
 
 
 def file_conditionals(model, prompt, exaggeration: float, use_cache: bool) -> tuple[Any, str]:
@@ -48,33 +49,26 @@ def file_conditionals(model, prompt, exaggeration: float, use_cache: bool) -> tu
 
 
 def load_worker():
-    from optimized_chatterbox import create_optimized_tts
     from optimized_voice_library import initialize_optimized_voice_library
     from chatterbox_worker.serving.worker import Worker
 
-    models = {"standard": create_optimized_tts()}
+    models = {"standard": load_model("standard")}
     return Worker(models, initialize_optimized_voice_library(), cache=None, conditioner=file_conditionals)
 
 
+loader = WorkerLoader(lambda: load_worker())
+
+
 def get_worker():
-    global _worker
-    with _worker_lock:
-        if _worker is None:
-            try:
-                _worker = load_worker()
-            except Exception as exc:
-                logger.exception("the legacy worker could not start")
-                raise ServiceUnavailableError(f"{type(exc).__name__}: {exc}") from exc
-        return _worker
+    return loader.get()
 
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:
-    return optimized_handler.run_job(job.get("input") if isinstance(job, dict) else None, get_worker,
-                                     optimized_handler.progress_reporter(job))
+    return run_job(job.get("input") if isinstance(job, dict) else None, get_worker, progress_reporter(job))
 
 
 if __name__ == "__main__":
     import runpod
 
-    optimized_handler.configure_logging()
+    configure_logging()
     runpod.serverless.start({"handler": handler})

@@ -14,7 +14,7 @@ or an exception escapes the handler.
 
     python scripts/soak.py                        # 300 jobs, stub model (no torch), ~10 s
     python scripts/soak.py --jobs 2000 --seed 7 --json soak.json
-    python scripts/soak.py --real --jobs 20       # the real model via handler.load_worker (slow)
+    python scripts/soak.py --real --jobs 20       # the real model via bootstrap.load_worker (slow)
 
 The run itself is ``chatterbox_worker.testing.soak`` (its jobs: ``chatterbox_worker.testing.jobs``);
 tests/unit/test_soak.py runs a short one with the stub model in the default test run.
@@ -54,14 +54,13 @@ def real_worker(library_dir: Path, cache_dir: Path):
 
     ``load_worker`` finds both through the environment; soak() restores it afterwards.
     """
-    import handler
-
+    from chatterbox_worker.serving.bootstrap import load_worker
     from chatterbox_worker.settings import reload_settings
 
     os.environ["VOICE_LIBRARY_DIR"] = str(library_dir)
     os.environ["CONDITIONALS_CACHE_DIR"] = str(cache_dir)
     reload_settings()  # the worker reads its settings once; the soak sets them late
-    return handler.load_worker()
+    return load_worker()
 
 
 
@@ -95,7 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the job mix")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here")
     parser.add_argument("--real", action="store_true",
-                        help="load the real model with handler.load_worker (torch, weights; slow)")
+                        help="load the real model with bootstrap.load_worker (torch, weights; slow)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary library and cache")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="keep the worker's INFO logs (every rejected job, every save)")

@@ -83,11 +83,9 @@ def fresh_settings(monkeypatch):
 @pytest.fixture(autouse=True)
 def no_real_worker_load(monkeypatch):
     """Tests inject their worker; loading the real one (hub, torch) would be a test bug."""
-    import handler
+    from chatterbox_worker.serving import bootstrap
 
     def refuse():
-        raise AssertionError("a test reached handler.load_worker; inject a worker instead")
+        raise AssertionError("a test reached bootstrap.load_worker; inject a worker instead")
 
-    monkeypatch.setattr(handler, "load_worker", refuse)
-    monkeypatch.setattr(handler, "_worker", None)
-    monkeypatch.setattr(handler, "_worker_error", None)
+    monkeypatch.setattr(bootstrap, "loader", bootstrap.WorkerLoader(refuse))

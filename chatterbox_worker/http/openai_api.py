@@ -1,7 +1,7 @@
 """The OpenAI-style routes that both modes serve, as plain functions of a worker.
 
-The HTTP server (``server.py``) answers them over HTTP. A queue job that carries RunPod's
-OpenAI passthrough fields, ``{"openai_route": "/v1/...", "openai_input": {...}}``, is
+The HTTP server's routers (``chatterbox_worker.http.routers``) answer them over HTTP. A
+queue job that carries RunPod's OpenAI passthrough fields, ``{"openai_route": "/v1/...", "openai_input": {...}}``, is
 answered by :func:`run_route` with the same functions; speech comes back as base64 in
 JSON there, because a queue result cannot be bytes.
 """
@@ -16,7 +16,14 @@ from chatterbox_worker import operations
 from chatterbox_worker.audio.streaming import SPEECH_MIME_TYPES
 from chatterbox_worker.contract.errors import JobError
 from chatterbox_worker.contract.limits import MB, MODEL_VARIANTS
-from chatterbox_worker.http.openai_speech import MODEL_VARIANTS_BY_NAME, SPEECH_SAMPLE_RATE, OpenAIError, parse_speech_request, prepare, synthesize
+from chatterbox_worker.http.openai_errors import OpenAIError
+from chatterbox_worker.http.openai_speech import (
+    MODEL_VARIANTS_BY_NAME,
+    SPEECH_SAMPLE_RATE,
+    parse_speech_request,
+    prepare,
+    synthesize,
+)
 from chatterbox_worker.settings import get_settings, mb_to_bytes
 
 logger = logging.getLogger(__name__)

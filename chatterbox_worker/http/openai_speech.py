@@ -5,13 +5,12 @@ validated by the same rules and spoken by the same functions as a queue job: the
 names map to the worker's models, OpenAI's voice names map to library voices through
 ``OPENAI_VOICE_ALIASES``, and the Chatterbox knobs ride along as extra fields. What is new
 here is only the output: the OpenAI formats (through :mod:`audio_streaming`), streamed as
-raw audio or as server-sent events, and OpenAI's error shape.
+raw audio or as server-sent events (errors take OpenAI's shape, :mod:`openai_errors`).
 """
 from __future__ import annotations
 
 import base64
 import json
-import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,15 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chatterbox_worker.http import metrics as http_metrics
 from chatterbox_worker.audio.streaming import MAX_SPEED, MIN_SPEED, SPEECH_FORMATS, SPEECH_MIME_TYPES, AudioStreamEncoder, encode_speech
-from chatterbox_worker.contract.errors import JobError, ServerError, ServiceUnavailableError, ShippedVoiceError, VoiceNotFoundError
+from chatterbox_worker.contract.errors import JobError
+from chatterbox_worker.http.openai_errors import OpenAIError, as_openai_error
 from chatterbox_worker.pipeline.job_metrics import Timer
 from chatterbox_worker.contract.limits import LIBRARY_MAX_NEW_TOKENS, MAX_SEED, MAX_TEXT_CHARS, SPEECH_TOKENS_PER_SECOND
 from chatterbox_worker.contract.request_schema import TTSRequest, validate_request
-from chatterbox_worker.settings import SettingsError, get_settings
+from chatterbox_worker.settings import get_settings
 from chatterbox_worker.pipeline.speech import SpeechJob, prepare_speech, speak, speak_stream
 from chatterbox_worker.voices.sources import resolve_voice
-
-logger = logging.getLogger(__name__)
 
 # OpenAI's model names, and Chatterbox's own, to the worker's model variants.
 MODEL_VARIANTS_BY_NAME = {
@@ -43,53 +41,9 @@ MODEL_VARIANTS_BY_NAME = {
 }
 # The rate every speech format is made at (PCM is documented as 24 kHz 16-bit mono).
 SPEECH_SAMPLE_RATE = 24000
-# TTSRequest fields and the OpenAI request fields a client wrote them as.
-_PARAM_NAMES = {"text": "input", "voice_id": "voice", "voice_name": "voice", "reference_audio": "voice",
-                "language_id": "language"}
 
 
 # -- errors ----------------------------------------------------------------------------
-
-class OpenAIError(Exception):
-    """An error in OpenAI's shape, with the HTTP status that goes with it."""
-
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-def openai_param(field: str | None) -> str | None:
-    if field is None:
-        return None
-    head = field.split(".", 1)[0]
-    return _PARAM_NAMES.get(head, head)
-
-
-def as_openai_error(exc: BaseException) -> OpenAIError:
-    """Any failure of a request as an OpenAI error; a job's field becomes the ``param``."""
-    if isinstance(exc, OpenAIError):
-        return exc
-    if isinstance(exc, (ServiceUnavailableError, SettingsError)):
-        return OpenAIError(503, f"this worker cannot serve requests: {exc}", type="server_error",
-                           code="service_unavailable")
-    if isinstance(exc, ServerError):
-        logger.error("request failed on the server's side", exc_info=exc)
-        return OpenAIError(500, str(exc.to_response()["error"]), type="server_error", param=openai_param(exc.field),
-                           code="server_error")
-    if isinstance(exc, VoiceNotFoundError):
-        return OpenAIError(404, str(exc), param=openai_param(exc.field), code="voice_not_found")
-    if isinstance(exc, ShippedVoiceError):
-        return OpenAIError(403, str(exc), type="permission_error", param=openai_param(exc.field),
-                           code="voice_protected")
-    if isinstance(exc, JobError):
-        return OpenAIError(400, str(exc), param=openai_param(exc.field), code="invalid_value")
-    logger.error("request failed", exc_info=exc)
-    return OpenAIError(500, f"internal: {type(exc).__name__}: {exc}", type="server_error", code="internal_error")
-
 
 def validation_error(exc: ValidationError) -> OpenAIError:
     """The first rule a request broke, named by its field (HTTP 422, like FastAPI's own)."""

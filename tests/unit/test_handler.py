@@ -275,16 +275,15 @@ def test_unknown_fields_can_be_downgraded_to_warnings(run_job, monkeypatch):
 
 def test_unloadable_model_fails_every_job_and_asks_for_replacement(monkeypatch):
     import handler
+    from chatterbox_worker.serving import bootstrap
 
-    monkeypatch.setattr(handler, "_worker", None)
-    monkeypatch.setattr(handler, "_worker_error", None)
     calls = []
 
     def broken():
         calls.append(1)
         raise RuntimeError("weights missing")
 
-    monkeypatch.setattr(handler, "load_worker", broken)
+    monkeypatch.setattr(bootstrap, "loader", bootstrap.WorkerLoader(broken))
     for _ in range(2):
         result = handler.handler({"input": {"text": "x"}})
         assert result["refresh_worker"] is True and "weights missing" in result["error"]

@@ -1,0 +1,1 @@
+"""The HTTP server's routes, one router per group; ``http.app.create_app`` includes them."""
