@@ -49,8 +49,8 @@ def file_conditionals(model, prompt, exaggeration: float, use_cache: bool) -> tu
 
 
 def load_worker():
-    from optimized_voice_library import initialize_optimized_voice_library
     from chatterbox_worker.serving.worker import Worker
+    from optimized_voice_library import initialize_optimized_voice_library
 
     models = {"standard": load_model("standard")}
     return Worker(models, initialize_optimized_voice_library(), cache=None, conditioner=file_conditionals)

@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,7 @@ def _new_entry(voice_id: str, name: str, gender: str, original_file: str, rel: s
         "embedding_file": rel,
         "duration": round(duration, 3),
         "sample_rate": rate,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
         "type": NEW_VOICE_TYPE,
         "description": description,
     }
@@ -216,7 +216,7 @@ class OptimizedVoiceLibrary:
 
     # ------------------------------------------------------------------ lookups
 
-    def get_voice_audio_direct(self, voice_id: str) -> VoiceAudio:
+    def get_voice_audio(self, voice_id: str) -> VoiceAudio:
         """The decoded clip of a voice, from the cache or from disk."""
         voice_id = normalize_voice_id(voice_id)
         with self._lock:
@@ -242,8 +242,8 @@ class OptimizedVoiceLibrary:
                 self._cache.put(voice_id, voice)
         return voice
 
-    def get_voice_audio_by_name_direct(self, name: str) -> VoiceAudio:
-        return self.get_voice_audio_direct(self.resolve_voice_id(name))
+    def get_voice_audio_by_name(self, name: str) -> VoiceAudio:
+        return self.get_voice_audio(self.resolve_voice_id(name))
 
     def resolve_voice_id(self, name: str) -> str:
         """Voice id for a name: mapping (exact, then any case), speaker name, then unique partial."""

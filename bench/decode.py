@@ -225,14 +225,14 @@ def e2e(model, device: str, tmp: Path, tokens: int) -> dict[str, float]:
     """Whole tts jobs through handler.run_job with an injected worker, from 1 or 4 threads."""
     import handler
     from chatterbox_worker.conditionals.cache import ConditionalsCache
+    from chatterbox_worker.serving.worker import Worker
     from optimized_chatterbox import ConditionalsCodec
     from optimized_voice_library import OptimizedVoiceLibrary
-    from chatterbox_worker.serving.worker import Worker
 
     demo = OptimizedVoiceLibrary(REPO)
     library = OptimizedVoiceLibrary(tmp / "library")
     voice = demo.list_voices()[0]
-    audio = demo.get_voice_audio_direct(voice["voice_id"])
+    audio = demo.get_voice_audio(voice["voice_id"])
     library.save_voice("Bench", audio.samples[: int(VOICE_SECONDS * audio.sample_rate)].copy(), audio.sample_rate)
     worker = Worker({"standard": model}, library, ConditionalsCache(ConditionalsCodec(device), disk_dir=None))
 
@@ -325,7 +325,7 @@ def run(args) -> dict[str, Any]:
     model = create_optimized_tts(device, checkpoint_dir())
     model.warm_up()  # the KV cache and, on a GPU, the CUDA graphs
     demo = OptimizedVoiceLibrary(REPO)
-    audio = demo.get_voice_audio_direct(demo.list_voices()[0]["voice_id"])
+    audio = demo.get_voice_audio(demo.list_voices()[0]["voice_id"])
     conds = model.prepare_conditionals_from_array(audio.samples[: int(VOICE_SECONDS * audio.sample_rate)],
                                                   audio.sample_rate)
 

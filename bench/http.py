@@ -63,7 +63,7 @@ def short_library(target: Path, seconds: float) -> str:
 
     demo = OptimizedVoiceLibrary(REPO)
     voice = demo.list_voices()[0]
-    audio = demo.get_voice_audio_direct(voice["voice_id"])
+    audio = demo.get_voice_audio(voice["voice_id"])
     OptimizedVoiceLibrary(target).save_voice(voice["speaker_name"], audio.samples[: int(seconds * audio.sample_rate)].copy(),
                                              audio.sample_rate)
     return voice["speaker_name"]
@@ -71,9 +71,9 @@ def short_library(target: Path, seconds: float) -> str:
 
 def build_worker(ckpt: Path, library_dir: Path, device: str):
     from chatterbox_worker.conditionals.cache import ConditionalsCache
+    from chatterbox_worker.serving.worker import Worker
     from optimized_chatterbox import ConditionalsCodec, create_optimized_tts
     from optimized_voice_library import OptimizedVoiceLibrary
-    from chatterbox_worker.serving.worker import Worker
 
     started = time.perf_counter()
     model = create_optimized_tts(device, ckpt)

@@ -29,9 +29,10 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # bench/ holds http.py, which must not shadow the standard library's http package.
@@ -198,36 +199,23 @@ def job_library(tmp: Path, quick: bool):
         return demo
     short = OptimizedVoiceLibrary(tmp)
     for voice in demo.list_voices():
-        audio = demo.get_voice_audio_direct(voice["voice_id"])
+        audio = demo.get_voice_audio(voice["voice_id"])
         short.save_voice(voice["speaker_name"], audio.samples[: int(QUICK_JOB_VOICE_SECONDS * audio.sample_rate)].copy(),
                          audio.sample_rate)
     return short
 
 
-def run(args) -> dict[str, Any]:
+def measure_voice_prep(bench: Bench, model, library, device: str, reps: int) -> dict[str, Row]:
+    """Conditionals for a library voice: the legacy temp file, arrays, the cache, the disk tier."""
     import tempfile
 
-    import torch
-
-    import handler
     import handler_legacy
     from chatterbox_worker.conditionals.cache import CacheKey, ConditionalsCache
-    from chatterbox_worker.serving.worker import Worker
-    from optimized_chatterbox import ConditionalsCodec, create_optimized_tts
-    from optimized_voice_library import OptimizedVoiceLibrary
     from chatterbox_worker.pipeline.speech import conditionals
+    from chatterbox_worker.serving.worker import Worker
     from chatterbox_worker.voices.sources import library_voice
+    from optimized_chatterbox import ConditionalsCodec
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = checkpoint_dir(args)
-    t0 = time.perf_counter()
-    model = create_optimized_tts(device, ckpt)
-    load_s = time.perf_counter() - t0
-    bench = Bench(device)
-    reps = args.reps or (QUICK_REPS if args.quick else DEFAULT_REPS)
-    job_reps = args.job_reps or (QUICK_JOB_REPS if args.quick else DEFAULT_JOB_REPS)
-
-    library = OptimizedVoiceLibrary(REPO)
     voice_ids = [v["voice_id"] for v in library.list_voices()]
     cache = ConditionalsCache(ConditionalsCodec(device), disk_dir=None)
     worker = Worker({"standard": model}, library, cache)
@@ -258,6 +246,18 @@ def run(args) -> dict[str, Any]:
         _, source = bench.measure(prep["disk"], lambda: conditionals(restarted, model, prompt, 0.5, use_cache=True))
         assert source == "disk", source
     disk_dir.cleanup()
+    return prep
+
+
+def measure_jobs(bench: Bench, model, device: str, args, job_reps: int) -> tuple[dict[str, Row], bool, float]:
+    """Whole tts jobs through the legacy and the new handler: rows, same audio, voice seconds."""
+    import tempfile
+
+    import handler
+    import handler_legacy
+    from chatterbox_worker.conditionals.cache import ConditionalsCache
+    from chatterbox_worker.serving.worker import Worker
+    from optimized_chatterbox import ConditionalsCodec
 
     with tempfile.TemporaryDirectory() as tmp:
         jobs_library = job_library(Path(tmp), args.quick)
@@ -281,9 +281,10 @@ def run(args) -> dict[str, Any]:
             if "error" in result:
                 raise RuntimeError(f"{path} job failed: {result['error']}")
         same_audio = job_results["legacy"]["audio"] == job_results["optimized"]["audio"] == job_results["cached"]["audio"]
-        job_voice_seconds = jobs_library.get_voice_audio_by_name_direct(name).duration
+        return jobs, same_audio, jobs_library.get_voice_audio_by_name(name).duration
 
-    rows = [r.summary() for r in (*prep.values(), *jobs.values())]
+
+def summarize(prep: dict[str, Row], jobs: dict[str, Row], same_audio: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     summary = {
         "voice_prep_cold_ratio": pairwise_ratio(prep["legacy"], prep["optimized"])["median"],
         "voice_prep_warm_ratio": pairwise_ratio(prep["legacy"], prep["cached"])["median"],
@@ -298,8 +299,28 @@ def run(args) -> dict[str, Any]:
         "voice_prep": {p: pairwise_ratio(prep["legacy"], prep[p]) for p in PREP_PATHS[1:]},
         "tts_job": {p: pairwise_ratio(jobs["legacy"], jobs[p]) for p in ("optimized", "cached")},
     }
-    import chatterbox
+    return summary, ratios
 
+
+def run(args) -> dict[str, Any]:
+    import chatterbox
+    import torch
+
+    from optimized_chatterbox import create_optimized_tts
+    from optimized_voice_library import OptimizedVoiceLibrary
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = checkpoint_dir(args)
+    t0 = time.perf_counter()
+    model = create_optimized_tts(device, ckpt)
+    load_s = time.perf_counter() - t0
+    bench = Bench(device)
+    reps = args.reps or (QUICK_REPS if args.quick else DEFAULT_REPS)
+    job_reps = args.job_reps or (QUICK_JOB_REPS if args.quick else DEFAULT_JOB_REPS)
+
+    prep = measure_voice_prep(bench, model, OptimizedVoiceLibrary(REPO), device, reps)
+    jobs, same_audio, job_voice_seconds = measure_jobs(bench, model, device, args, job_reps)
+    summary, ratios = summarize(prep, jobs, same_audio)
     return {
         "host": socket.gethostname(),
         "device": device,
@@ -311,7 +332,7 @@ def run(args) -> dict[str, Any]:
         "model_load_s": round(load_s, 2),
         "settings": {"reps": reps, "job_reps": job_reps, "job_tokens": args.tokens, "quick": args.quick,
                      "job_voice_seconds": round(job_voice_seconds, 2), "job_text": JOB_TEXT},
-        "rows": rows,
+        "rows": [r.summary() for r in (*prep.values(), *jobs.values())],
         "ratios": ratios,
         "summary": summary,
     }

@@ -50,7 +50,7 @@ class RunpodTransport:
             progress(f"job {job.job_id}: {status} after {time.monotonic() - started:.0f} s")
             time.sleep(POLL_INTERVAL_S)
         if status != "COMPLETED":
-            raise ClientError(f"job {job.job_id} {status}: {job._fetch_job().get('error')}")  # noqa: SLF001
+            raise ClientError(f"job {job.job_id} {status}: {job._fetch_job().get('error')}")
         return job.output()
 
     def stream(self, job_input: dict[str, Any], progress: Progress) -> Iterator[Any]:

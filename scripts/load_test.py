@@ -22,9 +22,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -47,7 +48,7 @@ def short_library(target: Path, seconds: float) -> Path:
     demo = OptimizedVoiceLibrary(REPO)
     short = OptimizedVoiceLibrary(target)
     for voice in demo.list_voices():
-        audio = demo.get_voice_audio_direct(voice["voice_id"])
+        audio = demo.get_voice_audio(voice["voice_id"])
         short.save_voice(voice["speaker_name"], audio.samples[: int(seconds * audio.sample_rate)].copy(),
                          audio.sample_rate, gender=voice["gender"])
     return target

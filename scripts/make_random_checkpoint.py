@@ -15,7 +15,7 @@ from pathlib import Path
 # Run as a file, the script's own folder is on sys.path, not the source tree it lives in.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chatterbox_worker.testing.random_checkpoint.cli import main  # noqa: E402 (after the path set-up)
+from chatterbox_worker.testing.random_checkpoint.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

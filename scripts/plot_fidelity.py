@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     job = {"input": {"text": TEXT, "voice_name": VOICE, "seed": SEED, "max_new_tokens": args.tokens}}
     optimized = decode_audio_base64(handler.handler(job)["audio"], "audio").samples
     legacy = decode_audio_base64(handler_legacy.handler(job)["audio"], "audio").samples
-    reference = library.get_voice_audio_by_name_direct(VOICE)
+    reference = library.get_voice_audio_by_name(VOICE)
     difference = optimized - legacy
     logger.info("max |optimized - legacy| = %g over %d samples", np.abs(difference).max(), difference.size)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chatterbox_worker.settings import Settings  # noqa: E402
+from chatterbox_worker.settings import Settings
 
 
 def default_text(value) -> str:

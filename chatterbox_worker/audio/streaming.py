@@ -236,7 +236,7 @@ class AudioStreamEncoder:
             self._finished = True
             self._writer.close()
 
-    def __enter__(self) -> "AudioStreamEncoder":
+    def __enter__(self) -> AudioStreamEncoder:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -40,8 +40,8 @@ from typing import Any, Protocol
 
 from cachetools import LRUCache
 
-from chatterbox_worker.storage.atomic_files import PARTIAL_PREFIX, replacing
 from chatterbox_worker.settings import get_settings, mb_to_bytes
+from chatterbox_worker.storage.atomic_files import PARTIAL_PREFIX, replacing
 
 logger = logging.getLogger(__name__)
 

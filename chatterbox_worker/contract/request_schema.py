@@ -91,7 +91,7 @@ class _Generation(_Request):
     cache: bool = True
 
     @model_validator(mode="after")
-    def _check_language(self) -> "_Generation":
+    def _check_language(self) -> _Generation:
         if self.language_id is None:
             return self
         if self.model != MULTILINGUAL:
@@ -122,7 +122,7 @@ class TTSRequest(_Generation):
     chunk_size: Annotated[int, Field(ge=1, le=LIBRARY_MAX_NEW_TOKENS)] | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "TTSRequest":
+    def _check(self) -> TTSRequest:
         _only_one(self, ("voice_id", "voice_name", "reference_audio"),
                   required=self.mode == "streaming_voice_cloning")
         if self.cfg is not None and self.cfg_weight is not None and self.cfg != self.cfg_weight:
@@ -177,7 +177,7 @@ class VoiceCloningRequest(_Generation):
     _check_name = field_validator("voice_name")(_savable_name)
 
     @model_validator(mode="after")
-    def _check(self) -> "VoiceCloningRequest":
+    def _check(self) -> VoiceCloningRequest:
         if self.save_to_library and self.voice_name is None:
             raise ValueError("voice_name is required when save_to_library is true")
         return self
@@ -208,7 +208,7 @@ class DeleteVoiceRequest(_Request):
     voice_name: VoiceName | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "DeleteVoiceRequest":
+    def _check(self) -> DeleteVoiceRequest:
         _only_one(self, ("voice_id", "voice_name"), required=True)
         return self
 
@@ -232,7 +232,7 @@ class VoiceConversionRequest(_Request):
     cache: bool = True
 
     @model_validator(mode="after")
-    def _check(self) -> "VoiceConversionRequest":
+    def _check(self) -> VoiceConversionRequest:
         _only_one(self, ("target_speaker", "voice_name", "voice_id"), required=True)
         return self
 
@@ -251,7 +251,7 @@ class VoiceTransferRequest(_Request):
     cache: bool = True
 
     @model_validator(mode="after")
-    def _check(self) -> "VoiceTransferRequest":
+    def _check(self) -> VoiceTransferRequest:
         if self.transfer_mode == "embedding":
             if self.target_audio is not None:
                 raise ValueError("target_audio is for transfer_mode 'audio'; give voice_name or voice_id")

@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # the same names, for type checkers
     from chatterbox_worker.engine.stats import EngineStats
     from chatterbox_worker.engine.streams import TokenStream
 
+__all__ = ["EngineConfig", "EngineStats", "SamplingParams", "T3Engine", "TokenStream"]
+
 _EXPORTS = {
     "T3Engine": "core",
     "EngineConfig": "config",

@@ -188,7 +188,7 @@ class T3Engine:
             self.runner.start(request)
             try:
                 self.runner.prefill(request)
-            except Exception as exc:  # noqa: BLE001 - one job's failure is that job's alone
+            except Exception as exc:
                 if is_out_of_memory(exc):
                     with self._lock:
                         self.scheduler.return_to_waiting(admitted[i + 1:])
@@ -224,10 +224,10 @@ class T3Engine:
             try:
                 with torch.inference_mode():
                     self.step()
-            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+            except Exception as exc:
                 try:
                     self._recover(exc)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     logger.exception("T3 engine recovery failed; failing the jobs in flight")
                     self._fail_running(exc)
 

@@ -6,6 +6,7 @@ past the real ones are padding. Capture failing anywhere leaves the step eager.
 from __future__ import annotations
 
 import logging
+
 import torch
 
 from chatterbox_worker.engine.backbones import Backbone
@@ -67,7 +68,7 @@ def capture_graphs(backbone: Backbone, kv_cache: KVCache, name: str) -> dict[int
                 break
             graphs[bucket] = DecodeGraph(backbone, kv_cache, bucket)
         logger.info("T3 engine (%s): CUDA graphs captured for %s rows", name, sorted(graphs))
-    except Exception as exc:  # noqa: BLE001 - graphs are an optimisation only
+    except Exception as exc:
         logger.warning("CUDA graph capture failed (%s); the T3 decode step runs eager", exc)
         graphs.clear()
     return graphs

@@ -19,15 +19,22 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chatterbox_worker.http import metrics as http_metrics
-from chatterbox_worker.audio.streaming import MAX_SPEED, MIN_SPEED, SPEECH_FORMATS, SPEECH_MIME_TYPES, AudioStreamEncoder, encode_speech
+from chatterbox_worker.audio.streaming import (
+    MAX_SPEED,
+    MIN_SPEED,
+    SPEECH_FORMATS,
+    SPEECH_MIME_TYPES,
+    AudioStreamEncoder,
+    encode_speech,
+)
 from chatterbox_worker.contract.errors import JobError
-from chatterbox_worker.http.openai_errors import OpenAIError, as_openai_error
-from chatterbox_worker.pipeline.job_metrics import Timer
 from chatterbox_worker.contract.limits import LIBRARY_MAX_NEW_TOKENS, MAX_SEED, MAX_TEXT_CHARS, SPEECH_TOKENS_PER_SECOND
 from chatterbox_worker.contract.request_schema import TTSRequest, validate_request
-from chatterbox_worker.settings import get_settings
+from chatterbox_worker.http import metrics as http_metrics
+from chatterbox_worker.http.openai_errors import OpenAIError, as_openai_error
+from chatterbox_worker.pipeline.job_metrics import Timer
 from chatterbox_worker.pipeline.speech import SpeechJob, prepare_speech, speak, speak_stream
+from chatterbox_worker.settings import get_settings
 from chatterbox_worker.voices.sources import resolve_voice
 
 # OpenAI's model names, and Chatterbox's own, to the worker's model variants.

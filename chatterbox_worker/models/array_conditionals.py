@@ -61,8 +61,10 @@ class ArrayConditionalsMixin:
         ref_16k_wav = resample(s3gen_ref_wav, S3GEN_SR, S3_SR)
 
         with torch.inference_mode():
+            # A copy: library voices are read-only shared arrays, and torch.from_numpy (inside
+            # embed_ref) warns about, and may not write to, a read-only buffer.
             gen = self.s3gen.embed_ref(
-                s3gen_ref_wav[: self.DEC_COND_LEN], S3GEN_SR, device=self.device
+                np.array(s3gen_ref_wav[: self.DEC_COND_LEN]), S3GEN_SR, device=self.device
             )
             prompt_tokens = None
             if plen := self.t3.hp.speech_cond_prompt_len:

@@ -14,7 +14,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from chatterbox_worker.contract.errors import JobError
-from chatterbox_worker.pipeline.job_metrics import count_memory_retries
 from chatterbox_worker.contract.request_schema import (
     DeleteVoiceRequest,
     ListVoicesRequest,
@@ -26,9 +25,10 @@ from chatterbox_worker.contract.request_schema import (
     VoiceTransferRequest,
     validate_request,
 )
-from chatterbox_worker.settings import get_settings
+from chatterbox_worker.pipeline.job_metrics import count_memory_retries
 from chatterbox_worker.pipeline.speech import Progress
 from chatterbox_worker.serving.worker import Worker
+from chatterbox_worker.settings import get_settings
 
 from . import cloning, conversion, tts, voices
 

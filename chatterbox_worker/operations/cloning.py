@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from chatterbox_worker.audio.codec import resample
-from chatterbox_worker.pipeline.job_metrics import Timer
 from chatterbox_worker.contract.request_schema import UploadVoiceRequest, VoiceCloningRequest
+from chatterbox_worker.pipeline.job_metrics import Timer
 from chatterbox_worker.pipeline.speech import encode_output, prepare_speech, speak
-from chatterbox_worker.voices.sources import MAX_CLONE_SECONDS, MIN_CLONE_SECONDS, VoicePrompt, library_voice, uploaded_voice
 from chatterbox_worker.serving.worker import Worker
+from chatterbox_worker.voices.sources import MAX_CLONE_SECONDS, MIN_CLONE_SECONDS, VoicePrompt, library_voice, uploaded_voice
 
 
 def _reference(request: VoiceCloningRequest | UploadVoiceRequest) -> VoicePrompt:

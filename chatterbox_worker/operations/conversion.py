@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatterbox_worker.pipeline.job_metrics import Timer
 from chatterbox_worker.contract.limits import MS_PER_SECOND
 from chatterbox_worker.contract.request_schema import VoiceConversionRequest, VoiceTransferRequest
+from chatterbox_worker.pipeline.job_metrics import Timer
 from chatterbox_worker.pipeline.speech import NEUTRAL_EXAGGERATION, conditionals, convert, encode_output, new_seed
-from chatterbox_worker.voices.sources import VoicePrompt, resolve_voice, uploaded_voice
 from chatterbox_worker.serving.worker import Worker
+from chatterbox_worker.voices.sources import VoicePrompt, resolve_voice, uploaded_voice
 
 # Input audio for conversion: longer clips are cut, as the deployed worker did.
 MAX_CONVERSION_INPUT_SECONDS = 120.0

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from chatterbox_worker.audio.codec import encode_audio_base64, resample
-from chatterbox_worker.pipeline.job_metrics import Timer, chunk_detail, streaming_metrics
 from chatterbox_worker.contract.request_schema import TTSRequest
+from chatterbox_worker.pipeline.job_metrics import Timer, chunk_detail, streaming_metrics
 from chatterbox_worker.pipeline.speech import Progress, SpeechJob, encode_output, prepare_speech, speak, speak_stream
-from chatterbox_worker.voices.sources import resolve_voice
 from chatterbox_worker.serving.worker import Worker
+from chatterbox_worker.voices.sources import resolve_voice
 
 
 def _prepare(worker: Worker, request: TTSRequest, timer: Timer) -> SpeechJob:

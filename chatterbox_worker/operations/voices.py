@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from chatterbox_worker.contract.errors import JobError
-from chatterbox_worker.pipeline.job_metrics import Timer
 from chatterbox_worker.contract.request_schema import DeleteVoiceRequest, ListVoicesRequest, SearchVoicesRequest
+from chatterbox_worker.pipeline.job_metrics import Timer
 from chatterbox_worker.serving.worker import Worker
 
 

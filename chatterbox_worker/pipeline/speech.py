@@ -15,18 +15,19 @@ import logging
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from chatterbox_worker.audio.codec import encode_audio, join_audio_chunks, normalize_audio, resample
 from chatterbox_worker.conditionals.cache import CacheKey
-from chatterbox_worker.contract.errors import JobError, OutOfMemoryJobError, is_out_of_memory
-from chatterbox_worker.pipeline.job_metrics import Timer, note_memory_retries
-from chatterbox_worker.contract.limits import MAX_SEED
 from chatterbox_worker.contract.delivery import deliver_audio
+from chatterbox_worker.contract.errors import JobError, OutOfMemoryJobError, is_out_of_memory
+from chatterbox_worker.contract.limits import MAX_SEED
+from chatterbox_worker.models.interface import SpeechModel
 from chatterbox_worker.models.options import GenerationOptions
 from chatterbox_worker.models.registry import variant_spec
+from chatterbox_worker.pipeline.job_metrics import Timer, note_memory_retries
 from chatterbox_worker.pipeline.text_chunking import split_text
 from chatterbox_worker.voices.sources import VoicePrompt
 
@@ -42,23 +43,6 @@ Progress = Callable[[int, int], None]
 NEUTRAL_EXAGGERATION = 0.5
 
 
-class SpeechModel(Protocol):
-    sr: int
-    variant: str
-
-    def prepare_conditionals_from_array(self, samples: np.ndarray, sample_rate: int,
-                                        exaggeration: float = 0.5) -> Any: ...
-    def default_conditionals(self) -> Any: ...
-    def synthesize(self, text: str, *, conditionals: Any, options: GenerationOptions) -> np.ndarray: ...
-    def stream(self, text: str, *, conditionals: Any, options: GenerationOptions, chunk_size: int,
-               first_chunk_size: int | None = None) -> Iterator[np.ndarray]: ...
-    def convert_voice(self, samples: np.ndarray, sample_rate: int, target: Any, **kwargs: Any) -> np.ndarray: ...
-    def release_memory(self) -> None: ...
-
-
-# (model, prompt, exaggeration, use_cache) -> (conditionals, cache source); the legacy
-# handler plugs its temp-file path in here.
-Conditioner = Callable[[SpeechModel, VoicePrompt, float, bool], tuple[Any, str]]
 
 
 # -- out of memory ---------------------------------------------------------------------

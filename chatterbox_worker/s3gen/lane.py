@@ -110,7 +110,7 @@ class S3GenLane:
         error: BaseException | None = None
         try:
             results = self._decode(batch)
-        except BaseException as exc:  # noqa: BLE001 - every window of the call gets the failure
+        except BaseException as exc:
             error = exc
         with self._cond:
             if error is not None and len(batch) > 1 and is_out_of_memory(error):

@@ -25,26 +25,25 @@ DEFAULT_LOG_LEVEL = "INFO"
 
 
 def load_model(variant: str):
-    if variant == "standard":
-        from optimized_chatterbox import create_optimized_tts
+    """One model variant, as the variant registry says to load it (its checkpoint setting)."""
+    from chatterbox_worker.models.library_warnings import silence_library_warnings
+    from chatterbox_worker.models.registry import load_model as load_variant
 
-        return create_optimized_tts()
-    from chatterbox_worker.models.variants import create_variant_tts
-
-    return create_variant_tts(variant)
+    silence_library_warnings()
+    return load_variant(variant)
 
 
 def load_worker():
     """Load the model(s), the voice library and the conditionals cache."""
     # Imported here: torch and chatterbox take seconds to import, and the unit tests
     # (which import this module) run without them.
-    from chatterbox_worker.conditionals.fingerprint import model_version
     from chatterbox_worker.conditionals.cache import ConditionalsCache
-    from optimized_chatterbox import ConditionalsCodec
-    from optimized_voice_library import initialize_optimized_voice_library
+    from chatterbox_worker.conditionals.fingerprint import model_version
+    from chatterbox_worker.serving.worker import Worker
     from chatterbox_worker.voices.preload import preload_voices
     from chatterbox_worker.voices.usage import USAGE_FILENAME, VoiceUsage
-    from chatterbox_worker.serving.worker import Worker
+    from optimized_chatterbox import ConditionalsCodec
+    from optimized_voice_library import initialize_optimized_voice_library
 
     settings = get_settings()
     models = {name: load_model(name) for name in settings.models}

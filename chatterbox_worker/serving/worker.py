@@ -7,9 +7,9 @@ from typing import Any
 from chatterbox_worker.conditionals.cache import ConditionalsCache
 from chatterbox_worker.contract.errors import JobError
 from chatterbox_worker.contract.limits import MODEL_SAMPLE_RATE
-from optimized_voice_library import OptimizedVoiceLibrary
-from chatterbox_worker.pipeline.speech import Conditioner, SpeechModel
+from chatterbox_worker.models.interface import Conditioner, SpeechModel
 from chatterbox_worker.voices.usage import VoiceUsage
+from optimized_voice_library import OptimizedVoiceLibrary
 
 
 @dataclass

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class Payloads:
     truncated: str
 
     @classmethod
-    def build(cls) -> "Payloads":
+    def build(cls) -> Payloads:
         clone = (
             make_wav_b64(6.0, 16000, 220.0),
             make_wav_b64(6.5, 22050, 180.0, "PCM_16", "FLAC", channels=2),

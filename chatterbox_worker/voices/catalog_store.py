@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from chatterbox_worker.contract.errors import VoiceLibraryError
 from chatterbox_worker.storage.atomic_files import commit, fsync_dir, write_partial
 from chatterbox_worker.storage.file_locks import volume_lock
-from chatterbox_worker.contract.errors import VoiceLibraryError
 from chatterbox_worker.voices.validation import VOICE_ID_PATTERN, quote
 
 logger = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ import logging
 import time
 
 from chatterbox_worker.pipeline.speech import NEUTRAL_EXAGGERATION, conditionals
-from chatterbox_worker.voices.sources import library_voice
 from chatterbox_worker.serving.worker import Worker
+from chatterbox_worker.voices.sources import library_voice
 
 logger = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ class VoicePrompt:
 
 def library_voice(library: OptimizedVoiceLibrary, *, voice_id: str | None = None,
                   voice_name: str | None = None) -> VoicePrompt:
-    voice = (library.get_voice_audio_direct(voice_id) if voice_id is not None
-             else library.get_voice_audio_by_name_direct(voice_name))
+    voice = (library.get_voice_audio(voice_id) if voice_id is not None
+             else library.get_voice_audio_by_name(voice_name))
     return VoicePrompt(voice.samples, voice.sample_rate, voice.content_hash, "library",
                        voice.voice_id, voice.speaker_name, field="voice_id" if voice_id is not None else "voice_name")
 

@@ -15,10 +15,10 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from chatterbox_worker.storage.atomic_files import write_replacing
-from chatterbox_worker.storage.file_locks import volume_lock
 from chatterbox_worker.contract.limits import MB
 from chatterbox_worker.settings import get_settings
+from chatterbox_worker.storage.atomic_files import write_replacing
+from chatterbox_worker.storage.file_locks import volume_lock
 
 logger = logging.getLogger(__name__)
 

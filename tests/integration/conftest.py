@@ -46,7 +46,7 @@ def short_library_dir(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("short_library")
     short = OptimizedVoiceLibrary(target)
     for voice in demo.list_voices()[:N_SHORT_VOICES]:
-        audio = demo.get_voice_audio_direct(voice["voice_id"])
+        audio = demo.get_voice_audio(voice["voice_id"])
         n = int(SHORT_VOICE_SECONDS * audio.sample_rate)
         short.save_voice(voice["speaker_name"], audio.samples[:n].copy(), audio.sample_rate,
                          gender=voice["gender"])

@@ -21,7 +21,8 @@ def test_all_three_models_serve_from_one_worker_process(tmp_path):
     import sys
 
     from chatterbox_worker.testing import random_checkpoint as script
-    from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO, copy_demo_library
+    from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
+    from chatterbox_worker.testing.demo_library import copy_demo_library
 
     env = {**os.environ,
            "CHATTERBOX_MODELS": "standard,multilingual,turbo",

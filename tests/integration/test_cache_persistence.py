@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.real_model import bitwise_equal, conditionals_tensors
 from safetensors.torch import load_file, save_file
+
+from tests.real_model import bitwise_equal, conditionals_tensors
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +56,7 @@ def test_restart_reads_conditionals_from_disk(model, version, short_library_dir,
     from optimized_voice_library import OptimizedVoiceLibrary
 
     voice = OptimizedVoiceLibrary(short_library_dir).list_voices()[0]
-    audio = OptimizedVoiceLibrary(short_library_dir).get_voice_audio_direct(voice["voice_id"])
+    audio = OptimizedVoiceLibrary(short_library_dir).get_voice_audio(voice["voice_id"])
     disk = tmp_path / "conditionals"
     cache = ConditionalsCache(ConditionalsCodec("cpu"), disk_dir=disk, model_versions={"standard": version})
     key = CacheKey("standard", audio.content_hash)
@@ -88,7 +89,7 @@ def test_corrupt_file_on_disk_is_rebuilt(model, version, short_library_dir, tmp_
     from optimized_voice_library import OptimizedVoiceLibrary
 
     library = OptimizedVoiceLibrary(short_library_dir)
-    audio = library.get_voice_audio_direct(library.list_voices()[1]["voice_id"])
+    audio = library.get_voice_audio(library.list_voices()[1]["voice_id"])
     key = CacheKey("standard", audio.content_hash)
     cache = ConditionalsCache(ConditionalsCodec("cpu"), disk_dir=tmp_path, model_versions={"standard": version})
     path = cache.disk_path(key)

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+
 from tests.real_model import N_SHORT_VOICES
 
 pytestmark = pytest.mark.integration
@@ -28,7 +29,7 @@ def test_fifty_jobs_eight_threads_five_voices(real_worker, model, monkeypatch):
     # Single-threaded reference: each voice's conditionals, computed directly.
     reference = {}
     for name in names:
-        voice = library.get_voice_audio_by_name_direct(name)
+        voice = library.get_voice_audio_by_name(name)
         reference[name] = model.prepare_conditionals_from_array(voice.samples, voice.sample_rate)
 
     # Capture what each generation actually fed T3 and S3Gen, per job thread.

@@ -30,11 +30,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from tests.real_model import SHORT_VOICE_SECONDS, alignment_hooks_released, seed_everything
 
 from chatterbox_worker.engine import EngineConfig, SamplingParams, T3Engine
 from chatterbox_worker.engine.cuda_graphs import DecodeGraph
 from chatterbox_worker.testing.tiny_t3 import build_tiny_t3, tiny_conditionals, tiny_text_tokens
+from tests.real_model import SHORT_VOICE_SECONDS, alignment_hooks_released, seed_everything
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def library_teacher_forced_logits(t3, variant: str, t3_cond, text_tokens, tokens
         cfg = torch.as_tensor(cfg_weight)
         for i in range(len(tokens) + 1):
             lg = o.logits[:, -1, :]
-            out.append((lg[0] + cfg * (lg[0] - lg[1])))
+            out.append(lg[0] + cfg * (lg[0] - lg[1]))
             if i == len(tokens):
                 break
             e = t3.speech_emb(torch.tensor([[tokens[i]]])) + t3.speech_pos_emb.get_fixed_embedding(i + 1)
@@ -354,7 +354,7 @@ def voice():
     from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
     from optimized_voice_library import OptimizedVoiceLibrary
 
-    v = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Bella")
+    v = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name("Bella")
     return v.samples[: int(6.0 * v.sample_rate)].copy(), v.sample_rate  # Turbo needs more than 5 s
 
 

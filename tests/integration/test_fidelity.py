@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 from chatterbox.tts import ChatterboxTTS
+
 from tests.real_model import TINY_TOKENS, bitwise_equal, conditionals_tensors, seed_everything
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,7 @@ def speech() -> tuple[np.ndarray, int]:
     from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
     from optimized_voice_library import OptimizedVoiceLibrary
 
-    voice = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Amy")
+    voice = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name("Amy")
     return voice.samples[: int(PROMPT_SECONDS * voice.sample_rate)].copy(), voice.sample_rate
 
 

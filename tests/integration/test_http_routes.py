@@ -5,16 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import sys
-from pathlib import Path
 
 import av
 import httpx
 import pytest
 
-from tests.real_model import TINY_TOKENS
-
 from tests.http_servers import running_app, tone, wait_ready
+from tests.real_model import TINY_TOKENS
 
 pytestmark = pytest.mark.integration
 TIMEOUT = httpx.Timeout(300.0)

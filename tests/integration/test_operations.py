@@ -6,6 +6,7 @@ import tempfile
 
 import numpy as np
 import pytest
+
 from chatterbox_worker.testing.audio_payloads import decode_b64_audio, make_wav_b64
 from tests.real_model import TINY_TOKENS
 
@@ -18,7 +19,7 @@ def speech_b64(library, name: str, seconds: float) -> str:
 
     import soundfile as sf
 
-    voice = library.get_voice_audio_by_name_direct(name)
+    voice = library.get_voice_audio_by_name(name)
     buf = io.BytesIO()
     sf.write(buf, voice.samples[: int(seconds * voice.sample_rate)], voice.sample_rate, format="WAV")
     return base64.b64encode(buf.getvalue()).decode("ascii")

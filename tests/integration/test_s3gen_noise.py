@@ -23,7 +23,7 @@ def voice(model):
     from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
     from optimized_voice_library import OptimizedVoiceLibrary
 
-    audio = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Amy")
+    audio = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name("Amy")
     samples = audio.samples[: int(PROMPT_SECONDS * audio.sample_rate)].copy()
     return model.prepare_conditionals_from_array(samples, audio.sample_rate).gen
 
@@ -96,11 +96,11 @@ SHARED_CALL_TOLERANCE = 1e-6
 
 
 def test_windows_sharing_a_call_are_their_solo_decodes(model, voice):
+    from chatterbox_worker.s3gen.lane import Window
     from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
     from optimized_voice_library import OptimizedVoiceLibrary
-    from chatterbox_worker.s3gen.lane import Window
 
-    other = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Bella")
+    other = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name("Bella")
     other_voice = model.prepare_conditionals_from_array(
         other.samples[: int(PROMPT_SECONDS * other.sample_rate)].copy(), other.sample_rate).gen
     windows = [Window(tokens=tokens(i), gen=g, seed=30 + i, exact=False)

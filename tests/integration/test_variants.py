@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 from chatterbox.mtl_tts import ChatterboxMultilingualTTS
 from chatterbox.tts_turbo import ChatterboxTurboTTS
+
 from tests.real_model import TINY_TOKENS, alignment_hooks_released, bitwise_equal, seed_everything
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,7 +27,8 @@ PROMPT_SECONDS = 6.0
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def variant_model(request):
-    from chatterbox_worker.models.registry import VARIANTS as REGISTRY, load_model
+    from chatterbox_worker.models.registry import VARIANTS as REGISTRY
+    from chatterbox_worker.models.registry import load_model
     from chatterbox_worker.testing.random_checkpoint import ensure_checkpoint
 
     variant = request.param
@@ -43,7 +45,7 @@ def speech() -> tuple[np.ndarray, int]:
     from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
     from optimized_voice_library import OptimizedVoiceLibrary
 
-    voice = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name_direct("Bella")
+    voice = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name("Bella")
     return voice.samples[: int(PROMPT_SECONDS * voice.sample_rate)].copy(), voice.sample_rate
 
 

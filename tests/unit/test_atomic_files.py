@@ -10,8 +10,7 @@ from pathlib import Path
 import filelock
 import pytest
 
-from chatterbox_worker.storage import atomic_files
-from chatterbox_worker.storage import file_locks
+from chatterbox_worker.storage import atomic_files, file_locks
 from chatterbox_worker.storage.atomic_files import PARTIAL_PREFIX, replacing, write_partial, write_replacing
 
 

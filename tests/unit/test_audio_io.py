@@ -34,10 +34,10 @@ from chatterbox_worker.audio.codec import (
     resample,
     trim_to_seconds,
 )
-from chatterbox_worker.testing.audio_payloads import make_wav_b64
 from chatterbox_worker.contract.errors import JobError
 from chatterbox_worker.contract.limits import MIME_TYPES, OUTPUT_FORMATS
 from chatterbox_worker.settings import Settings, mb_to_bytes
+from chatterbox_worker.testing.audio_payloads import make_wav_b64
 
 MAX_AUDIO_BASE64_BYTES = mb_to_bytes(Settings.model_fields["max_audio_base64_mb"].default)
 

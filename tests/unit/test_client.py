@@ -61,7 +61,7 @@ def queue_url(tmp_path_factory):
         except httpx.TransportError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError((library / "server.log").read_text()[-2000:])
+                raise RuntimeError((library / "server.log").read_text()[-2000:]) from None
             time.sleep(0.2)
     yield url
     process.terminate()

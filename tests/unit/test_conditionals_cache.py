@@ -11,13 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
-from chatterbox_worker.testing.stub_model import StubCodec, StubConditionals
 
-from chatterbox_worker.storage.atomic_files import PARTIAL_PREFIX
+from chatterbox_worker.conditionals.cache import (
+    ABANDONED_PARTIAL_SECONDS,
+    CacheKey,
+    ConditionalsCache,
+    choose_evictions,
+    scan_disk,
+)
 from chatterbox_worker.conditionals.fingerprint import model_version
-from chatterbox_worker.conditionals.cache import (ABANDONED_PARTIAL_SECONDS, CacheKey, ConditionalsCache, choose_evictions,
-                                scan_disk)
 from chatterbox_worker.contract.limits import MB
+from chatterbox_worker.storage.atomic_files import PARTIAL_PREFIX
+from chatterbox_worker.testing.stub_model import StubCodec, StubConditionals
 
 ENTRY_BYTES = StubCodec().nbytes(None)
 

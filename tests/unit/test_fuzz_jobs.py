@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from chatterbox_worker.testing.audio_payloads import make_wav_b64
-from chatterbox_worker.operations import OPERATIONS
 from chatterbox_worker.contract.request_schema import SUPPORTED_LANGUAGE_IDS
+from chatterbox_worker.operations import OPERATIONS
+from chatterbox_worker.testing.audio_payloads import make_wav_b64
 
 REQUEST_MODELS = {name: op.request_model for name, op in OPERATIONS.items()}
 

@@ -52,11 +52,11 @@ def test_tts_library_voice_by_name_and_id(run_job, library):
     for result in (by_name, by_id):
         assert result["parameters"] == {**result["parameters"], "voice_cloning": True,
                                         "voice_id": amy_id, "voice_name": "Amy"}
-    assert_voice(by_name, library.get_voice_audio_direct(amy_id).content_hash)
+    assert_voice(by_name, library.get_voice_audio(amy_id).content_hash)
 
 
 def test_tts_reference_audio_is_the_voice(run_job):
-    from chatterbox_worker.audio.codec import decode_audio_base64, audio_fingerprint
+    from chatterbox_worker.audio.codec import audio_fingerprint, decode_audio_base64
 
     ref = make_wav_b64(seconds=3.0, freq=330.0)
     result = run_job({"text": "Cloned.", "reference_audio": ref, "max_reference_duration_sec": 2.0})
@@ -153,7 +153,7 @@ def test_voice_cloning_saves_and_later_jobs_use_it(run_job, library_dir, worker)
     from optimized_voice_library import OptimizedVoiceLibrary
 
     fresh = OptimizedVoiceLibrary(library_dir)
-    assert fresh.get_voice_audio_by_name_direct("Zed").voice_id == info["voice_id"]
+    assert fresh.get_voice_audio_by_name("Zed").voice_id == info["voice_id"]
 
 
 def test_voice_cloning_without_saving(run_job, library):
@@ -196,7 +196,7 @@ def test_list_and_search(run_job):
 
 def test_voice_conversion_targets(run_job, library):
     source = make_wav_b64(seconds=2.0, freq=200.0)
-    amy = library.get_voice_audio_by_name_direct("Amy")
+    amy = library.get_voice_audio_by_name("Amy")
     for target in ({"voice_name": "Amy"}, {"voice_id": amy.voice_id}):
         result = run_job({"operation": "voice_conversion", "input_audio": source, **target})
         assert {"audio", "sample_rate", "duration", "format", "model", "operation"} <= set(result)
@@ -292,7 +292,7 @@ def test_unloadable_model_fails_every_job_and_asks_for_replacement(monkeypatch):
 
 def test_concurrent_jobs_never_swap_voices(run_job, library):
     voices = [v["speaker_name"] for v in library.list_voices()][:5]
-    expected = {name: library.get_voice_audio_by_name_direct(name).content_hash for name in voices}
+    expected = {name: library.get_voice_audio_by_name(name).content_hash for name in voices}
     jobs = [voices[i % len(voices)] for i in range(50)]
     barrier = threading.Barrier(8)
 

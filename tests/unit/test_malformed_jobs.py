@@ -28,9 +28,9 @@ import tempfile
 import numpy as np
 import pytest
 
-from chatterbox_worker.testing.audio_payloads import b64, float_wav_b64, make_wav_b64
 from chatterbox_worker.contract.limits import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SEED, MAX_TEXT_CHARS
 from chatterbox_worker.settings import Settings, mb_to_bytes
+from chatterbox_worker.testing.audio_payloads import b64, float_wav_b64, make_wav_b64
 from chatterbox_worker.testing.demo_library import copy_demo_library
 from chatterbox_worker.testing.stub_worker import stub_worker
 

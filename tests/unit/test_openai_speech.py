@@ -11,7 +11,6 @@ import pytest
 import soundfile as sf
 
 from chatterbox_worker.audio.streaming import SPEECH_FORMATS, AudioStreamEncoder, atempo_factors, encode_speech
-from tests.http_servers import tone
 from chatterbox_worker.contract.errors import JobError, ServerError, ServiceUnavailableError, VoiceNotFoundError
 from chatterbox_worker.http.openai_speech import (
     OpenAIError,
@@ -21,6 +20,7 @@ from chatterbox_worker.http.openai_speech import (
     tts_request,
     voice_fields,
 )
+from tests.http_servers import tone
 
 SR = 24000
 

@@ -42,7 +42,7 @@ def decode_in_threads(lane: S3GenLane, decoder: GatedDecoder, first: Window, wai
     def run(w: Window):
         try:
             results[id(w)] = lane.decode(w)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(first,))]

@@ -11,14 +11,13 @@ space to split at and is cut hard; its characters must still all come back.
 """
 from __future__ import annotations
 
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatterbox_worker.contract.request_schema import MAX_TEXT_CHARS
-from chatterbox_worker.settings import Settings, get_settings, reload_settings
 from chatterbox_worker.pipeline.text_chunking import split_sentences, split_text
+from chatterbox_worker.settings import Settings, get_settings, reload_settings
 
 DEFAULT_MAX_CHARS = Settings.model_fields["tts_chunk_max_chars"].default
 SMALL_BOUND = 20

@@ -1,13 +1,11 @@
 """Voice library: legacy format, safe loading, lookups, LRU cache and atomic saves."""
 from __future__ import annotations
 
-import errno
 import gzip
 import json
 import os
 import pathlib
 import pickle
-import sys
 import threading
 from pathlib import Path
 
@@ -15,17 +13,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 import optimized_voice_library as ovl
 from chatterbox_worker import settings
-from chatterbox_worker.storage.atomic_files import PARTIAL_PREFIX  # noqa: E402
-from chatterbox_worker.contract.errors import JobError, VoiceLibraryError, VoiceNotFoundError  # noqa: E402
-from optimized_voice_library import OptimizedVoiceLibrary, VoiceAudio  # noqa: E402
-from chatterbox_worker.voices import readers  # noqa: E402
 from chatterbox_worker.audio.codec import audio_fingerprint
-from chatterbox_worker.voices.catalog_store import LOCK_FILENAME
-from chatterbox_worker.voices.validation import VOICE_ID_PATTERN
+from chatterbox_worker.contract.errors import VoiceLibraryError, VoiceNotFoundError
+from chatterbox_worker.storage.atomic_files import PARTIAL_PREFIX
+from chatterbox_worker.voices import readers
+from optimized_voice_library import OptimizedVoiceLibrary, VoiceAudio
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SR = 24000
 PCM24_STEP = 1.0 / 2**23
@@ -127,7 +123,7 @@ def _no_env(monkeypatch: pytest.MonkeyPatch):
 def test_legacy_pickle_is_read_exactly_and_read_only(legacy_lib):
     root, audios = legacy_lib
     lib = OptimizedVoiceLibrary(root)
-    voice = lib.get_voice_audio_direct("de16e46c")
+    voice = lib.get_voice_audio("de16e46c")
     assert isinstance(voice, VoiceAudio)
     assert voice.voice_id == "de16e46c" and voice.speaker_name == "Amy" and voice.sample_rate == SR
     assert voice.samples.dtype == np.float32 and voice.samples.ndim == 1
@@ -148,7 +144,7 @@ def test_numpy2_pickle_spelling_is_accepted(tmp_path):
     (tmp_path / "embeddings").mkdir()
     (tmp_path / "embeddings" / "de16e46c.pkl.gz").write_bytes(gzip.compress(data))
     (tmp_path / "voice_catalog.json").write_text(json.dumps({"de16e46c": legacy_entry("de16e46c", "Amy")}))
-    np.testing.assert_array_equal(OptimizedVoiceLibrary(tmp_path).get_voice_audio_direct("de16e46c").samples, audio)
+    np.testing.assert_array_equal(OptimizedVoiceLibrary(tmp_path).get_voice_audio("de16e46c").samples, audio)
 
 
 @pytest.mark.parametrize("payload_kind", ["os_system", "path_touch"])
@@ -168,7 +164,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, payload_kind):
 
     lib = OptimizedVoiceLibrary(tmp_path)
     with pytest.raises(VoiceLibraryError) as info:
-        lib.get_voice_audio_direct("de16e46c")
+        lib.get_voice_audio("de16e46c")
     assert info.value.field == "voice_id"
     assert "refusing to load embeddings/de16e46c.pkl.gz" in str(info.value)
     assert expected_ref in str(info.value)
@@ -181,7 +177,7 @@ def test_gzip_bomb_is_capped(tmp_path, monkeypatch):
     (tmp_path / "voice_catalog.json").write_text(json.dumps({"de16e46c": legacy_entry("de16e46c", "Amy")}))
     monkeypatch.setattr(readers, "MAX_DECOMPRESSED_BYTES", 1000)
     with pytest.raises(VoiceLibraryError, match="larger than"):
-        OptimizedVoiceLibrary(tmp_path).get_voice_audio_direct("de16e46c")
+        OptimizedVoiceLibrary(tmp_path).get_voice_audio("de16e46c")
 
 
 @pytest.mark.parametrize(
@@ -199,7 +195,7 @@ def test_bad_payloads_are_clear_library_errors(tmp_path, payload, reason):
     write_pickle_gz(tmp_path / "embeddings" / "de16e46c.pkl.gz", payload)
     (tmp_path / "voice_catalog.json").write_text(json.dumps({"de16e46c": legacy_entry("de16e46c", "Amy")}))
     with pytest.raises(VoiceLibraryError, match=reason) as info:
-        OptimizedVoiceLibrary(tmp_path).get_voice_audio_direct("de16e46c")
+        OptimizedVoiceLibrary(tmp_path).get_voice_audio("de16e46c")
     assert "'de16e46c' (Amy)" in str(info.value)
 
 
@@ -208,7 +204,7 @@ def test_corrupt_file_names_the_voice(tmp_path):
     (tmp_path / "embeddings" / "de16e46c.pkl.gz").write_bytes(b"\x1f\x8b not really gzip")
     (tmp_path / "voice_catalog.json").write_text(json.dumps({"de16e46c": legacy_entry("de16e46c", "Amy")}))
     with pytest.raises(VoiceLibraryError) as info:
-        OptimizedVoiceLibrary(tmp_path).get_voice_audio_direct("de16e46c")
+        OptimizedVoiceLibrary(tmp_path).get_voice_audio("de16e46c")
     assert info.value.field == "voice_id"
     assert "'de16e46c' (Amy)" in str(info.value) and "embeddings/de16e46c.pkl.gz" in str(info.value)
 
@@ -227,7 +223,7 @@ def test_wav_flac_and_npz_files_are_read(tmp_path):
     (tmp_path / "voice_catalog.json").write_text(json.dumps(catalog))
     lib = OptimizedVoiceLibrary(tmp_path)
     for voice_id, rate in (("aaaaaaaa", SR), ("bbbbbbbb", 16000), ("cccccccc", 22050)):
-        voice = lib.get_voice_audio_direct(voice_id)
+        voice = lib.get_voice_audio(voice_id)
         assert voice.sample_rate == rate and voice.samples.ndim == 1 and voice.samples.dtype == np.float32
         np.testing.assert_allclose(voice.samples, audio, atol=1 / 32767)
 
@@ -239,7 +235,7 @@ def test_wav_flac_and_npz_files_are_read(tmp_path):
 def test_invalid_voice_ids_are_rejected(legacy_lib, bad):
     lib = OptimizedVoiceLibrary(legacy_lib[0])
     with pytest.raises(VoiceNotFoundError) as info:
-        lib.get_voice_audio_direct(bad)
+        lib.get_voice_audio(bad)
     assert info.value.field == "voice_id"
     with pytest.raises(VoiceNotFoundError):
         lib.get_voice_info(bad)
@@ -247,12 +243,12 @@ def test_invalid_voice_ids_are_rejected(legacy_lib, bad):
 
 def test_uppercase_voice_id_is_accepted(legacy_lib):
     lib = OptimizedVoiceLibrary(legacy_lib[0])
-    assert lib.get_voice_audio_direct("DE16E46C").voice_id == "de16e46c"
+    assert lib.get_voice_audio("DE16E46C").voice_id == "de16e46c"
 
 
 def test_unknown_voice_id(legacy_lib):
     with pytest.raises(VoiceNotFoundError, match="'deadbeef' not found"):
-        OptimizedVoiceLibrary(legacy_lib[0]).get_voice_audio_direct("deadbeef")
+        OptimizedVoiceLibrary(legacy_lib[0]).get_voice_audio("deadbeef")
 
 
 # ------------------------------------------------------------------- path safety
@@ -268,7 +264,7 @@ def test_embedding_file_outside_library_is_refused(tmp_path, escape):
     (root / "voice_catalog.json").write_text(
         json.dumps({"de16e46c": legacy_entry("de16e46c", "Amy", embedding_file=rel)}))
     with pytest.raises(VoiceLibraryError, match="points outside the voice library") as info:
-        OptimizedVoiceLibrary(root).get_voice_audio_direct("de16e46c")
+        OptimizedVoiceLibrary(root).get_voice_audio("de16e46c")
     assert info.value.field == "voice_id"
 
 
@@ -280,14 +276,14 @@ def test_symlink_out_of_library_is_refused(tmp_path):
     (root / "embeddings" / "de16e46c.pkl.gz").symlink_to(outside)
     (root / "voice_catalog.json").write_text(json.dumps({"de16e46c": legacy_entry("de16e46c", "Amy")}))
     with pytest.raises(VoiceLibraryError, match="outside"):
-        OptimizedVoiceLibrary(root).get_voice_audio_direct("de16e46c")
+        OptimizedVoiceLibrary(root).get_voice_audio("de16e46c")
 
 
 def test_missing_file_names_the_voice(legacy_lib):
     root, _ = legacy_lib
     (root / "embeddings" / "0a1b2c3d.pkl.gz").unlink()
     with pytest.raises(VoiceLibraryError) as info:
-        OptimizedVoiceLibrary(root).get_voice_audio_direct("0a1b2c3d")
+        OptimizedVoiceLibrary(root).get_voice_audio("0a1b2c3d")
     assert str(info.value) == (
         "voice_id: voice '0a1b2c3d' (Aaron) is listed but its file embeddings/0a1b2c3d.pkl.gz is missing")
 
@@ -301,7 +297,7 @@ def test_missing_catalog_is_an_empty_library(tmp_path, caplog):
     assert lib.get_stats()["total_voices"] == 0
     assert "No voice catalog" in caplog.text
     with pytest.raises(VoiceNotFoundError):
-        lib.get_voice_audio_by_name_direct("Amy")
+        lib.get_voice_audio_by_name("Amy")
 
 
 def test_invalid_catalog_raises_when_used_and_recovers(tmp_path):
@@ -311,9 +307,9 @@ def test_invalid_catalog_raises_when_used_and_recovers(tmp_path):
         lib.list_voices()
     assert info.value.field == "voice_library"
     with pytest.raises(VoiceLibraryError):
-        lib.get_voice_audio_direct("de16e46c")
+        lib.get_voice_audio("de16e46c")
     build_legacy_library(tmp_path, [("de16e46c", "Amy", "female")])
-    assert lib.get_voice_audio_direct("de16e46c").speaker_name == "Amy"
+    assert lib.get_voice_audio("de16e46c").speaker_name == "Amy"
 
 
 def test_catalog_is_reread_when_another_worker_saves(legacy_lib):
@@ -329,10 +325,10 @@ def test_catalog_is_reread_when_another_worker_saves(legacy_lib):
 def test_replacement_by_another_worker_drops_the_cached_audio(legacy_lib):
     root, _ = legacy_lib
     reader = OptimizedVoiceLibrary(root)
-    old = reader.get_voice_audio_by_name_direct("Amy")
+    old = reader.get_voice_audio_by_name("Amy")
     new_audio = make_audio(42)
     OptimizedVoiceLibrary(root).save_voice("Amy", new_audio, SR)
-    fresh = reader.get_voice_audio_by_name_direct("Amy")
+    fresh = reader.get_voice_audio_by_name("Amy")
     assert fresh.voice_id == old.voice_id == "de16e46c"
     assert fresh.content_hash != old.content_hash
     np.testing.assert_allclose(fresh.samples, new_audio, atol=PCM24_STEP)
@@ -357,7 +353,7 @@ def test_name_lookup_order(tmp_path):
     assert lib.resolve_voice_id("  amy smith ") == "bbbbbbbb"  # exact speaker name, any case
     assert lib.resolve_voice_id("topher") == "cccccccc"  # unique partial
     assert lib.resolve_voice_id("jones") == "dddddddd"
-    assert lib.get_voice_audio_by_name_direct("dana b").voice_id == "eeeeeeee"
+    assert lib.get_voice_audio_by_name("dana b").voice_id == "eeeeeeee"
 
     with pytest.raises(VoiceNotFoundError) as info:
         lib.resolve_voice_id("dana")
@@ -393,14 +389,14 @@ def lib_with_voices(tmp_path: Path, count: int, **kwargs) -> tuple[OptimizedVoic
 def test_lru_count_bound_and_touch_protects(tmp_path):
     lib, (a, b, c, d) = lib_with_voices(tmp_path, 4, max_cache_voices=3, max_cache_bytes=10**9)
     for v in (a, b, c):
-        lib.get_voice_audio_direct(v)
-    first_a = lib.get_voice_audio_direct(a)  # hit: a is now the most recent
-    lib.get_voice_audio_direct(d)  # evicts b, the least recent
+        lib.get_voice_audio(v)
+    first_a = lib.get_voice_audio(a)  # hit: a is now the most recent
+    lib.get_voice_audio(d)  # evicts b, the least recent
     stats = lib.get_stats()
     assert (stats["cache_size"], stats["evictions"], stats["hits"], stats["misses"]) == (3, 1, 1, 4)
-    assert lib.get_voice_audio_direct(a) is first_a  # still cached
+    assert lib.get_voice_audio(a) is first_a  # still cached
     assert lib.get_stats()["hits"] == 2
-    lib.get_voice_audio_direct(b)  # was evicted -> miss
+    lib.get_voice_audio(b)  # was evicted -> miss
     stats = lib.get_stats()
     assert stats["misses"] == 5 and stats["evictions"] == 2
     assert stats["cache_bytes"] == 3 * int(0.1 * SR) * 4
@@ -410,19 +406,19 @@ def test_lru_byte_bound(tmp_path):
     per_voice = int(0.1 * SR) * 4
     lib, ids = lib_with_voices(tmp_path, 4, max_cache_voices=100, max_cache_bytes=2 * per_voice + 10)
     for v in ids:
-        lib.get_voice_audio_direct(v)
+        lib.get_voice_audio(v)
     stats = lib.get_stats()
     assert stats["cache_size"] == 2 and stats["cache_bytes"] == 2 * per_voice
     assert stats["evictions"] == 2 and stats["max_cache_bytes"] == 2 * per_voice + 10
-    lib.get_voice_audio_direct(ids[-1])
+    lib.get_voice_audio(ids[-1])
     assert lib.get_stats()["hits"] == 1
 
 
 def test_entry_larger_than_byte_bound_is_served_but_not_cached(tmp_path):
     lib, ids = lib_with_voices(tmp_path, 1, max_cache_bytes=100)
-    voice = lib.get_voice_audio_direct(ids[0])
+    voice = lib.get_voice_audio(ids[0])
     assert len(voice.samples) == int(0.1 * SR)
-    lib.get_voice_audio_direct(ids[0])
+    lib.get_voice_audio(ids[0])
     stats = lib.get_stats()
     assert stats["cache_size"] == 0 and stats["misses"] == 2 and stats["evictions"] == 0
 
@@ -456,7 +452,7 @@ def test_concurrent_reads_share_one_cache(legacy_lib):
     def read():
         try:
             for _ in range(20):
-                results.append(lib.get_voice_audio_by_name_direct("Bella").content_hash)
+                results.append(lib.get_voice_audio_by_name("Bella").content_hash)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -468,239 +464,3 @@ def test_concurrent_reads_share_one_cache(legacy_lib):
     assert not errors and len(set(results)) == 1 and len(results) == 160
     stats = lib.get_stats()
     assert stats["hits"] + stats["misses"] == 160 and stats["cache_size"] == 1
-
-
-# ------------------------------------------------------------------------- saving
-
-
-def test_save_then_reload_in_a_new_instance(tmp_path):
-    audio = make_audio(5, seconds=1.0)
-    entry = OptimizedVoiceLibrary(tmp_path).save_voice(
-        "Nova", audio, SR, description="calm narrator", gender="female", original_file="nova.wav")
-    assert set(entry) == {"voice_id", "speaker_name", "gender", "original_file", "embedding_file", "duration",
-                          "sample_rate", "created_at", "type", "description"}
-    assert VOICE_ID_PATTERN.match(entry["voice_id"])
-    assert entry["embedding_file"] == f"voice_embeddings/{entry['voice_id']}.flac"
-    assert entry["type"] == "flac_audio" and entry["sample_rate"] == SR and entry["duration"] == 1.0
-    info = sf.info(str(tmp_path / entry["embedding_file"]))
-    assert info.format == "FLAC" and info.subtype == "PCM_24"
-
-    lib = OptimizedVoiceLibrary(tmp_path)
-    by_name = lib.get_voice_audio_by_name_direct("nova")
-    by_id = lib.get_voice_audio_direct(entry["voice_id"])
-    assert by_name.voice_id == by_id.voice_id == entry["voice_id"]
-    np.testing.assert_allclose(by_id.samples, audio, atol=PCM24_STEP)
-    assert lib.get_voice_info(entry["voice_id"]) == entry
-    assert json.loads((tmp_path / "name_mapping.json").read_text()) == {"Nova": entry["voice_id"]}
-    assert not temp_files(tmp_path)
-
-
-def test_save_is_lossless_for_16bit_audio(tmp_path):
-    audio = (np.random.default_rng(0).integers(-32768, 32767, SR // 4) / 32768).astype(np.float32)
-    lib = OptimizedVoiceLibrary(tmp_path)
-    entry = lib.save_voice("Pcm", audio, SR)
-    np.testing.assert_array_equal(lib.get_voice_audio_direct(entry["voice_id"]).samples, audio)
-
-
-def test_resave_same_name_keeps_id_and_drops_stale_cache(legacy_lib):
-    root, audios = legacy_lib
-    lib = OptimizedVoiceLibrary(root)
-    old = lib.get_voice_audio_by_name_direct("Amy")
-    np.testing.assert_array_equal(old.samples, audios["de16e46c"])
-    new_audio = make_audio(77, seconds=0.75)
-    entry = lib.save_voice("amy", new_audio, SR, gender="female")
-    assert entry["voice_id"] == "de16e46c"
-    # Legacy deployment: the new file sits beside the old ones, in embeddings/.
-    assert entry["embedding_file"] == "embeddings/de16e46c.flac"
-    fresh = lib.get_voice_audio_by_name_direct("Amy")
-    assert fresh.content_hash != old.content_hash and fresh.duration == pytest.approx(0.75)
-    np.testing.assert_allclose(fresh.samples, new_audio, atol=PCM24_STEP)
-    catalog = json.loads((root / "voice_catalog.json").read_text())
-    assert len(catalog) == 3 and catalog["de16e46c"]["type"] == "flac_audio"
-    # The other legacy entries are written back untouched.
-    assert catalog["0a1b2c3d"] == legacy_entry("0a1b2c3d", "Aaron", "male")
-    mapping = json.loads((root / "name_mapping.json").read_text())
-    assert mapping["amy"] == "de16e46c" and "Amy" not in mapping
-
-
-def test_fixed_voice_id_is_validated(tmp_path):
-    lib = OptimizedVoiceLibrary(tmp_path)
-    assert lib.save_voice("Amy", make_audio(0), SR, voice_id="DE16E46C")["voice_id"] == "de16e46c"
-    with pytest.raises(JobError, match="voice_id"):
-        lib.save_voice("Bob", make_audio(0), SR, voice_id="../x")
-    with pytest.raises(JobError, match="already belongs"):
-        lib.save_voice("Bob", make_audio(0), SR, voice_id="de16e46c")
-
-
-@pytest.mark.parametrize("bad", ["", "   ", "x" * 101, "Amy\nSmith", "tab\there", "nul\x00"])
-def test_invalid_names_are_rejected(tmp_path, bad):
-    with pytest.raises(JobError) as info:
-        OptimizedVoiceLibrary(tmp_path).save_voice(bad, make_audio(0), SR)
-    assert info.value.field == "voice_name"
-    assert not (tmp_path / "voice_catalog.json").exists()
-
-
-def test_file_name_never_comes_from_the_client_name(tmp_path):
-    entry = OptimizedVoiceLibrary(tmp_path).save_voice("../../etc/passwd", make_audio(0), SR)
-    assert entry["embedding_file"] == f"voice_embeddings/{entry['voice_id']}.flac"
-    assert sorted(p.name for p in (tmp_path / "voice_embeddings").iterdir()) == [f"{entry['voice_id']}.flac"]
-
-
-def test_save_creates_a_missing_library_dir(tmp_path):
-    root = tmp_path / "volume" / "voices"
-    entry = OptimizedVoiceLibrary(root).save_voice("Nova", make_audio(0), SR)
-    assert (root / entry["embedding_file"]).is_file() and (root / "voice_catalog.json").is_file()
-
-
-def test_save_beside_top_level_files_and_never_outside(tmp_path):
-    (tmp_path / "lib").mkdir()
-    sf.write(tmp_path / "lib" / "a.wav", make_audio(0), SR)
-    catalog = {
-        "aaaaaaaa": legacy_entry("aaaaaaaa", "Top", embedding_file="a.wav"),
-        "bbbbbbbb": legacy_entry("bbbbbbbb", "Out1", embedding_file="../elsewhere/b.pkl.gz"),
-        "cccccccc": legacy_entry("cccccccc", "Out2", embedding_file="../elsewhere/c.pkl.gz"),
-    }
-    (tmp_path / "lib" / "voice_catalog.json").write_text(json.dumps(catalog))
-    entry = OptimizedVoiceLibrary(tmp_path / "lib").save_voice("Nova", make_audio(1), SR)
-    assert entry["embedding_file"] == f"{entry['voice_id']}.flac"
-    assert not (tmp_path / "elsewhere").exists()
-
-
-def test_concurrent_saves_leave_a_valid_catalog(tmp_path):
-    lib = OptimizedVoiceLibrary(tmp_path)
-    errors = []
-
-    def save(name: str, seed: int) -> None:
-        try:
-            lib.save_voice(name, make_audio(seed, seconds=0.2), SR)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=save, args=(f"Voice {i}", i)) for i in range(8)]
-    threads += [threading.Thread(target=save, args=("Shared", 100 + i)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    catalog = json.loads((tmp_path / "voice_catalog.json").read_text())
-    assert sorted(e["speaker_name"] for e in catalog.values()) == sorted([f"Voice {i}" for i in range(8)] + ["Shared"])
-    files = sorted(p.name for p in (tmp_path / "voice_embeddings").iterdir())
-    assert files == sorted(f"{v}.flac" for v in catalog)
-    assert not temp_files(tmp_path)
-    fresh = OptimizedVoiceLibrary(tmp_path)
-    for voice_id in catalog:
-        assert fresh.get_voice_audio_direct(voice_id).duration == pytest.approx(0.2)
-    assert set(json.loads((tmp_path / "name_mapping.json").read_text()).values()) == set(catalog)
-
-
-def test_disk_full_gives_a_clear_error_and_no_leftovers(legacy_lib, monkeypatch):
-    root, _ = legacy_lib
-    lib = OptimizedVoiceLibrary(root)
-    catalog_before = (root / "voice_catalog.json").read_bytes()
-    files_before = sorted(p.relative_to(root) for p in root.rglob("*") if p.name != LOCK_FILENAME)
-
-    def no_space(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(os, "replace", no_space)
-    with pytest.raises(VoiceLibraryError) as info:
-        lib.save_voice("Nova", make_audio(0), SR)
-    message = str(info.value)
-    assert info.value.field == "save_to_library"
-    assert str(root.resolve()) in message and "VOICE_LIBRARY_DIR" in message and "writable" in message
-    assert not temp_files(root)
-    assert (root / "voice_catalog.json").read_bytes() == catalog_before
-    assert sorted(p.relative_to(root) for p in root.rglob("*") if p.name != LOCK_FILENAME) == files_before
-    monkeypatch.undo()
-    with pytest.raises(VoiceNotFoundError):
-        lib.resolve_voice_id("Nova")
-
-
-def test_failed_temp_write_leaves_nothing(tmp_path, monkeypatch):
-    lib = OptimizedVoiceLibrary(tmp_path)
-    real_fsync = os.fsync
-    calls = []
-
-    def failing_fsync(fd):
-        calls.append(fd)
-        if len(calls) == 2:  # the catalog temp file, after the audio temp file
-            raise OSError(errno.EIO, "I/O error")
-        return real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(VoiceLibraryError, match="save_to_library"):
-        lib.save_voice("Nova", make_audio(0), SR)
-    assert not temp_files(tmp_path)
-    assert not (tmp_path / "voice_catalog.json").exists()
-    assert not any((tmp_path / "voice_embeddings").iterdir())
-
-
-# --------------------------------------------------------- layouts and listings
-
-
-def test_legacy_deployment_folder_as_library_dir(tmp_path):
-    deployment = tmp_path / "runpod-volume" / "voice_embeddings"
-    audios = build_legacy_library(deployment, [("de16e46c", "Amy", "female"), ("0a1b2c3d", "Aaron", "male")],
-                                  mapping={"Amy": "de16e46c", "Aaron": "0a1b2c3d"})
-    (deployment / "quick_index.json").write_text(json.dumps({"amy": "de16e46c"}))
-    (deployment / "stats.json").write_text("{}")
-    lib = OptimizedVoiceLibrary(deployment)
-    np.testing.assert_array_equal(lib.get_voice_audio_by_name_direct("Aaron").samples, audios["0a1b2c3d"])
-    entry = lib.save_voice("Cleo", make_audio(8), SR)
-    assert entry["embedding_file"] == f"embeddings/{entry['voice_id']}.flac"
-    assert (deployment / "embeddings" / f"{entry['voice_id']}.flac").is_file()
-
-
-def test_shipped_demo_library_loads():
-    lib = OptimizedVoiceLibrary(REPO_ROOT)
-    voices = lib.list_voices()
-    assert 5 <= len(voices) <= 6
-    assert lib.resolve_voice_id("Amy") == "de16e46c"
-    amy = lib.get_voice_audio_by_name_direct("Amy")
-    assert amy.sample_rate == SR and 8.0 <= amy.duration <= 12.0
-    assert np.max(np.abs(amy.samples)) == pytest.approx(0.9, abs=1e-3)
-    assert lib.get_voice_info("de16e46c")["gender"] == "female"
-    genders = {v["gender"] for v in voices}
-    assert genders == {"female", "male"}
-    total = sum((REPO_ROOT / lib.get_voice_info(v["voice_id"])["embedding_file"]).stat().st_size for v in voices)
-    assert total < 10 * 1024 * 1024
-    assert not (REPO_ROOT / LOCK_FILENAME).exists()
-
-
-def test_list_search_and_stats_shapes(legacy_lib):
-    root, _ = legacy_lib
-    lib = OptimizedVoiceLibrary(root)
-    # A fixed id: a random one could contain "aa" and match the id search below.
-    lib.save_voice("zed", make_audio(1), SR, description="Deep gravelly narrator", gender="male",
-                   voice_id="12345678")
-    keys = {"voice_id", "speaker_name", "gender", "duration", "original_file", "type"}
-    voices = lib.list_voices()
-    assert [v["speaker_name"] for v in voices] == ["Aaron", "Amy", "Bella", "zed"]
-    assert all(set(v) == keys for v in voices)
-
-    assert [v["speaker_name"] for v in lib.search_voices(gender="FEMALE")] == ["Amy", "Bella"]
-    assert [v["speaker_name"] for v in lib.search_voices("aa", gender="male")] == ["Aaron"]
-    assert [v["speaker_name"] for v in lib.search_voices("gravelly")] == ["zed"]
-    assert [v["voice_id"] for v in lib.search_voices("DE16")] == ["de16e46c"]
-    assert lib.search_voices("nobody") == []
-    assert len(lib.search_voices()) == 4
-
-    lib.get_voice_audio_direct("de16e46c")
-    stats = lib.get_stats()
-    assert set(stats) == {"total_voices", "gender_distribution", "average_duration", "cache_size", "max_cache_size",
-                          "cache_bytes", "max_cache_bytes", "hits", "misses", "evictions", "library_dir"}
-    assert stats["total_voices"] == 4
-    assert stats["gender_distribution"] == {"female": 2, "male": 2}
-    assert stats["average_duration"] == pytest.approx(0.5)
-    assert stats["cache_size"] == 1 and stats["misses"] == 1 and stats["library_dir"] == str(root.resolve())
-    assert stats["max_cache_size"] == ovl.DEFAULT_CACHE_MAX_VOICES
-    assert stats["max_cache_bytes"] == ovl.DEFAULT_CACHE_MAX_MB * 1024 * 1024
-    info = lib.get_voice_info("de16e46c")
-    info["speaker_name"] = "changed"
-    assert lib.get_voice_info("de16e46c")["speaker_name"] == "Amy"
-
-
-def test_module_does_not_import_torch():
-    source = (REPO_ROOT / "optimized_voice_library.py").read_text()
-    assert "import torch" not in source and "pickle.load(" not in source and "pickle.loads(" not in source

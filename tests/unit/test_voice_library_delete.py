@@ -29,8 +29,8 @@ def test_saved_voice_is_deleted_everywhere(tmp_path):
     keep = lib.save_voice("Keep", make_audio(1), SR)
     gone = lib.save_voice("Gone", make_audio(2), SR, gender="male")
     other_worker = OptimizedVoiceLibrary(tmp_path)
-    other_worker.get_voice_audio_direct(gone["voice_id"])  # cached there
-    lib.get_voice_audio_direct(gone["voice_id"])
+    other_worker.get_voice_audio(gone["voice_id"])  # cached there
+    lib.get_voice_audio(gone["voice_id"])
 
     removed = lib.delete_voice(gone["voice_id"].upper())
     assert set(removed) == SUMMARY_KEYS
@@ -40,7 +40,7 @@ def test_saved_voice_is_deleted_everywhere(tmp_path):
     for library in (lib, other_worker, OptimizedVoiceLibrary(tmp_path)):
         assert [v["voice_id"] for v in library.list_voices()] == [keep["voice_id"]]
         with pytest.raises(VoiceNotFoundError):
-            library.get_voice_audio_direct(gone["voice_id"])
+            library.get_voice_audio(gone["voice_id"])
         with pytest.raises(VoiceNotFoundError):
             library.resolve_voice_id("Gone")
         assert library.get_stats()["cache_size"] == 0
@@ -49,7 +49,7 @@ def test_saved_voice_is_deleted_everywhere(tmp_path):
     assert not temp_files(tmp_path)
     # The name is free again and gets a voice of its own.
     again = lib.save_voice("Gone", make_audio(3), SR)
-    np.testing.assert_allclose(lib.get_voice_audio_by_name_direct("gone").samples, make_audio(3), atol=2**-23)
+    np.testing.assert_allclose(lib.get_voice_audio_by_name("gone").samples, make_audio(3), atol=2**-23)
     assert lib.delete_voice(again["voice_id"])["voice_id"] == again["voice_id"]
 
 
@@ -64,7 +64,7 @@ def test_legacy_and_demo_voices_are_never_deleted(tmp_path, library, library_dir
             assert f"'{voice['voice_id']}' ({voice['speaker_name']}) is a shipped voice and cannot be deleted" \
                 in str(info.value)
         assert (root / "voice_catalog.json").read_bytes() == before
-        assert lib.get_voice_audio_by_name_direct("Amy").voice_id == "de16e46c"
+        assert lib.get_voice_audio_by_name("Amy").voice_id == "de16e46c"
 
 
 def test_a_shipped_voice_saved_over_stays_shipped(tmp_path):
@@ -117,4 +117,4 @@ def test_concurrent_saves_and_deletes_keep_the_catalog_valid(tmp_path):
     for lib in workers:
         assert {v["voice_id"] for v in lib.list_voices()} == set(entries)
         for voice_id in entries:
-            assert lib.get_voice_audio_direct(voice_id).duration == pytest.approx(0.1)
+            assert lib.get_voice_audio(voice_id).duration == pytest.approx(0.1)

@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from chatterbox_worker.storage import file_locks
-import optimized_voice_library as ovl
 from chatterbox_worker.contract.errors import VoiceLibraryError
-from optimized_voice_library import OptimizedVoiceLibrary, VoiceAudio
-from tests.unit.test_atomic_files import without_flock  # noqa: F401 - a fixture
+from chatterbox_worker.storage import file_locks
 from chatterbox_worker.voices import catalog_store, readers
 from chatterbox_worker.voices.array_cache import VoiceArrayCache
 from chatterbox_worker.voices.catalog_store import LOCK_FILENAME, CatalogStore
+from optimized_voice_library import OptimizedVoiceLibrary, VoiceAudio
+from tests.unit.test_atomic_files import without_flock  # noqa: F401 - a fixture
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SR = 24000
@@ -133,12 +132,12 @@ def test_library_lru_holds_both_bounds(tmp_path):
     lib = OptimizedVoiceLibrary(tmp_path, max_cache_voices=3, max_cache_bytes=2 * 2400 * 4 + 1)
     ids = [lib.save_voice(f"V{i}", make_audio(i), SR)["voice_id"] for i in range(4)]
     for voice_id in ids:
-        lib.get_voice_audio_direct(voice_id)
+        lib.get_voice_audio(voice_id)
     stats = lib.get_stats()
     assert (stats["cache_size"], stats["cache_bytes"], stats["evictions"]) == (2, 2 * 2400 * 4, 2)
     lib = OptimizedVoiceLibrary(tmp_path, max_cache_voices=3, max_cache_bytes=10**9)
     for voice_id in ids:
-        lib.get_voice_audio_direct(voice_id)
+        lib.get_voice_audio(voice_id)
     stats = lib.get_stats()
     assert (stats["cache_size"], stats["cache_bytes"], stats["evictions"]) == (3, 3 * 2400 * 4, 1)
 
@@ -155,10 +154,10 @@ def test_a_load_that_started_before_a_save_is_not_cached(tmp_path):
         return loaded
 
     lib._load_voice = load_while_another_worker_saves
-    old = lib.get_voice_audio_direct(voice_id)
+    old = lib.get_voice_audio(voice_id)
     lib._load_voice = real_load
     assert lib.get_stats()["cache_size"] == 0
-    fresh = lib.get_voice_audio_direct(voice_id)
+    fresh = lib.get_voice_audio(voice_id)
     assert fresh.content_hash != old.content_hash
     np.testing.assert_allclose(fresh.samples, make_audio(1), atol=2**-23)
 

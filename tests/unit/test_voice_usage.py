@@ -9,8 +9,8 @@ import pytest
 
 from chatterbox_worker import settings
 from chatterbox_worker.conditionals.cache import CacheKey
-from tests.unit.test_atomic_files import without_flock  # noqa: F401 - a fixture
 from chatterbox_worker.voices.usage import USAGE_FILENAME, VoiceUsage
+from tests.unit.test_atomic_files import without_flock  # noqa: F401 - a fixture
 
 
 def test_counts_from_two_workers_add_up(tmp_path):
@@ -90,7 +90,7 @@ def test_jobs_count_library_voices_and_preload_follows_the_counts(worker, run_jo
     worker.cache.evict(1.0)
     assert preload_voices(worker, "1", max_seconds=60) == 1
     assert usage.counts() == {most_id: 2, least_id: 1}  # preloading is not use
-    hashes = {name: library.get_voice_audio_direct(vid).content_hash for name, vid in
+    hashes = {name: library.get_voice_audio(vid).content_hash for name, vid in
               (("most", most_id), ("least", least_id))}
     assert CacheKey("standard", hashes["most"]) in worker.cache
     assert CacheKey("standard", hashes["least"]) not in worker.cache

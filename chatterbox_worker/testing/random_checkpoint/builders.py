@@ -10,8 +10,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from chatterbox_worker.testing.random_checkpoint.key import cache_key, package_version
 from chatterbox_worker.testing.random_checkpoint.layout import (

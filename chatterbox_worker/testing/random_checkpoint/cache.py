@@ -10,8 +10,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from chatterbox_worker.testing.random_checkpoint.builders import build_variant
 from chatterbox_worker.testing.random_checkpoint.key import cache_key
