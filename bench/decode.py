@@ -18,6 +18,8 @@ measures, in one process:
 - ``e2e_jobs_per_min`` at concurrency 1 and 4 (``e2e_long_jobs_per_min``: jobs of
   E2E_LONG_TOKENS tokens): whole ``tts`` jobs through
   ``handler.run_job`` with an injected worker, from 1 or 4 threads;
+- ``stream_first_audio``: when a streamed job's first and last windows leave, and the share
+  of the stream's time before the first (``first_share``);
 - ``peak_memory_mb``: peak RSS on CPU, peak allocated GPU memory on CUDA.
 
     python bench/decode.py --out bench/results/vm-cpu-decode.json          # ~5 min, 2 CPU cores
@@ -70,6 +72,8 @@ E2E_CONCURRENCY = (1, 4)
 # (2.56 s). S3Gen's cost is mostly the voice prompt's, the same for any length, while T3's
 # grows with the tokens, and only T3 gains from batching: the longer job shows the share.
 E2E_LONG_TOKENS = 64
+# A stream of four windows (random weights run to the cap), for the first-audio share.
+STREAM_TOKENS, STREAM_WINDOW_TOKENS = 32, 8
 VOICE_SECONDS = 3.0
 TEXTS = ("The quick brown fox jumps over the lazy dog.", "A second sentence, somewhat longer than the first one.",
          "Short.", "Numbers like three hundred and twelve are spelled out.", "Every job says something else.",
@@ -313,6 +317,35 @@ def tiny_figures(device: str) -> dict[str, Any]:
     return result
 
 
+def stream_first_audio(model, conds) -> dict[str, float]:
+    """When a stream's first and last windows leave (seconds from the call), and the share.
+
+    Without look-ahead the first window leaves after one window of tokens and one S3Gen
+    decode; a stream that waited for the second window put it at about half the stream's time.
+    """
+    options = model.options(exaggeration=0.5, max_new_tokens=STREAM_TOKENS, seed=1, **SAMPLING)
+    started, arrivals = time.perf_counter(), []
+    for wav in model.stream(TEXTS[1], conditionals=conds, options=options, chunk_size=STREAM_WINDOW_TOKENS):
+        if wav.size:
+            arrivals.append(time.perf_counter() - started)
+    return {"first_s": arrivals[0], "last_s": arrivals[-1], "windows": len(arrivals),
+            "first_share": arrivals[0] / arrivals[-1]}
+
+
+def batch1_figures(model, job, device: str) -> dict[str, Any]:
+    """One job alone, the library's loop vs the engine: ms per token and whether the tokens match."""
+    first = job(0, seed=7)
+    library_run(model, first, 2, 7, device)  # warm-up of the library path
+    list(model.speech_tokens(job(0, seed=7, n=2), flush_every=None))  # and of the engine
+    lib_s, lib_tokens = library_run(model, first, JOB_TOKENS, 7, device)
+    t0 = time.perf_counter()
+    eng_tokens = list(model.speech_tokens(first, flush_every=None))
+    eng_s = time.perf_counter() - t0
+    return {"library_ms_per_token": lib_s / max(len(lib_tokens), 1) * 1000,
+            "engine_ms_per_token": eng_s / max(len(eng_tokens), 1) * 1000,
+            "batch1_same_tokens": lib_tokens == eng_tokens}
+
+
 def run(args) -> dict[str, Any]:
     import torch
 
@@ -340,17 +373,7 @@ def run(args) -> dict[str, Any]:
         result["gpu"] = torch.cuda.get_device_name()
 
     logger.info("batch 1: library vs engine, %d tokens", JOB_TOKENS)
-    first = job(0, seed=7)
-    library_run(model, first, 2, 7, device)  # warm-up of the library path
-    list(model.speech_tokens(job(0, seed=7, n=2), flush_every=None))  # and of the engine
-    lib_s, lib_tokens = library_run(model, first, JOB_TOKENS, 7, device)
-    t0 = time.perf_counter()
-    eng_tokens = list(model.speech_tokens(first, flush_every=None))
-    eng_s = time.perf_counter() - t0
-    result["library_ms_per_token"] = lib_s / max(len(lib_tokens), 1) * 1000
-    result["engine_ms_per_token"] = eng_s / max(len(eng_tokens), 1) * 1000
-    result["batch1_same_tokens"] = lib_tokens == eng_tokens
-
+    result.update(batch1_figures(model, job, device))
     result.update(throughput_figures(model, lambda c: [job(i, n=CONCURRENT_JOB_TOKENS) for i in range(c)],
                                      concurrency))
     result.update(tiny_figures(device))
@@ -359,13 +382,16 @@ def run(args) -> dict[str, Any]:
         logger.info("S3Gen: windows sharing a call")
         result["s3gen_batch"] = s3gen_batch(model, conds.gen, device)
 
+    logger.info("streaming: first window of %d tokens", STREAM_WINDOW_TOKENS)
+    result["stream_first_audio"] = stream_first_audio(model, conds)
+
     logger.info("end to end through handler.run_job")
     with tempfile.TemporaryDirectory() as tmp:
         result["e2e_jobs_per_min"] = e2e(model, device, Path(tmp), JOB_TOKENS)
         result["e2e_long_jobs_per_min"] = e2e(model, device, Path(tmp) / "long", E2E_LONG_TOKENS)
-    result["e2e_speedup_4"] = result["e2e_jobs_per_min"]["4"] / result["e2e_jobs_per_min"]["1"]
-    result["e2e_long_tokens"] = E2E_LONG_TOKENS
-    result["e2e_long_speedup_4"] = result["e2e_long_jobs_per_min"]["4"] / result["e2e_long_jobs_per_min"]["1"]
+    result.update(e2e_speedup_4=result["e2e_jobs_per_min"]["4"] / result["e2e_jobs_per_min"]["1"],
+                  e2e_long_tokens=E2E_LONG_TOKENS,
+                  e2e_long_speedup_4=result["e2e_long_jobs_per_min"]["4"] / result["e2e_long_jobs_per_min"]["1"])
     result["engine"] = model.engine_stats()
     result["e2e_jobs_name_a_seed"] = False
     result["peak_memory_mb"] = peak_memory_mb(device)
@@ -407,6 +433,8 @@ def table(r: dict[str, Any]) -> str:
     for c, v in r["e2e_long_jobs_per_min"].items():
         rows.append((f"e2e jobs/min, {r['e2e_long_tokens']} tokens, concurrency {c}", f"{v:.2f}", ""))
     rows += [(f"e2e speedup at 4, {r['e2e_long_tokens']} tokens", f"{r['e2e_long_speedup_4']:.2f}x", "goal >= 1.5x"),
+             ("stream: first / last window s", f"{r['stream_first_audio']['first_s']:.2f} / "
+              f"{r['stream_first_audio']['last_s']:.2f}", f"share {r['stream_first_audio']['first_share']:.0%}"),
              ("peak memory MB", f"{r['peak_memory_mb']:.0f}", ""), ("wall s", f"{r['wall_s']:.0f}", "")]
     width = max(len(a) for a, _, _ in rows)
     return "\n".join(f"{a:<{width}}  {b:>16}  {c}" for a, b, c in rows)

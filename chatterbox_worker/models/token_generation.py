@@ -33,8 +33,6 @@ DEFAULT_CHUNK_TOKENS = 50
 _ENGINE_CREATION = threading.Lock()
 
 
-@dataclass
-
 def engine_config(on_gpu: bool) -> EngineConfig:
     """The decode engine's settings from the worker's: as many slots as jobs it takes at once
     (more would only reserve memory), unless ENGINE_MAX_SLOTS says otherwise."""
@@ -43,6 +41,8 @@ def engine_config(on_gpu: bool) -> EngineConfig:
                         max_context_tokens=s.engine_max_context_tokens, dtype=s.t3_dtype,
                         cuda_graphs=s.cuda_graphs, kv_memory_fraction=s.engine_kv_memory_fraction)
 
+
+@dataclass
 class DecodeJob:
     """One generation, ready to decode: T3's inputs and sampling settings for the engine,
     the voice's S3Gen conditionals and the variant's S3Gen steps for the windows."""
