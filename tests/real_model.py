@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 
 # Each generation is bounded to a handful of speech tokens: random weights rarely stop,
@@ -11,6 +14,21 @@ import torch
 TINY_TOKENS = 4
 SHORT_VOICE_SECONDS = 2.5
 N_SHORT_VOICES = 5
+
+
+def write_prompt(samples: np.ndarray, sr: int, path: Path, sample_rate: int,
+                 subtype: str = "FLOAT") -> np.ndarray:
+    """Write ``samples`` (at ``sr``) to a WAV at ``sample_rate``; return the samples written.
+
+    The file is what the library's own path reads; the returned array is what the array
+    path is given, so that both start from the same audio.
+    """
+    if sample_rate != sr:
+        import librosa
+
+        samples = librosa.resample(samples, orig_sr=sr, target_sr=sample_rate)
+    sf.write(path, samples, sample_rate, subtype=subtype)
+    return samples
 
 
 def conditionals_tensors(conds) -> dict[str, torch.Tensor]:

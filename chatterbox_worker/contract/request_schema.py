@@ -219,10 +219,9 @@ class SearchVoicesRequest(_Request):
     gender: Annotated[str, Field(max_length=MAX_GENDER_CHARS)] | None = None
 
 
-class VoiceConversionRequest(_Request):
-    operation: Literal["voice_conversion"]
+class _ConversionRequest(_Request):
+    """The fields both voice-changing operations share: the source clip and the output."""
     input_audio: str
-    target_speaker: str | None = None
     voice_name: VoiceName | None = None
     voice_id: str | None = None
     no_watermark: bool = False
@@ -230,6 +229,11 @@ class VoiceConversionRequest(_Request):
     sample_rate: OutputSampleRate | None = None
     seed: Seed | None = None
     cache: bool = True
+
+
+class VoiceConversionRequest(_ConversionRequest):
+    operation: Literal["voice_conversion"]
+    target_speaker: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> VoiceConversionRequest:
@@ -237,18 +241,10 @@ class VoiceConversionRequest(_Request):
         return self
 
 
-class VoiceTransferRequest(_Request):
+class VoiceTransferRequest(_ConversionRequest):
     operation: Literal["voice_transfer"]
     transfer_mode: Literal["embedding", "audio"] = "embedding"
-    input_audio: str
-    voice_name: VoiceName | None = None
-    voice_id: str | None = None
     target_audio: str | None = None
-    no_watermark: bool = False
-    output_format: OutputFormat = "wav"
-    sample_rate: OutputSampleRate | None = None
-    seed: Seed | None = None
-    cache: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> VoiceTransferRequest:

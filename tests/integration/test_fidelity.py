@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from chatterbox.tts import ChatterboxTTS
 
-from tests.real_model import TINY_TOKENS, bitwise_equal, conditionals_tensors, seed_everything
+from tests.real_model import TINY_TOKENS, bitwise_equal, conditionals_tensors, seed_everything, write_prompt
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +36,8 @@ def file_conditionals(model, path):
 
 @pytest.mark.parametrize("sample_rate", [24000, 16000, 44100])
 def test_float32_wav_is_bitwise_equal(model, speech, tmp_path, sample_rate):
-    import librosa
-
-    samples, sr = speech
-    if sample_rate != sr:
-        samples = librosa.resample(samples, orig_sr=sr, target_sr=sample_rate)
     path = tmp_path / "prompt.wav"
-    sf.write(path, samples, sample_rate, subtype="FLOAT")
+    samples = write_prompt(*speech, path, sample_rate)
     from_file = file_conditionals(model, path)
     from_array = model.prepare_conditionals_from_array(samples, sample_rate)
     assert bitwise_equal(from_array, from_file)
@@ -73,14 +68,10 @@ OFF_GRID_GAIN = 0.9
 
 @pytest.mark.parametrize("sample_rate", [24000, 16000, 44100])
 def test_pcm16_round_trip_of_float_audio_within_tolerance(model, speech, tmp_path, sample_rate):
-    import librosa
-
     samples, sr = speech
-    samples = samples * np.float32(OFF_GRID_GAIN)  # the demo voices sit on the 16-bit grid
-    if sample_rate != sr:
-        samples = librosa.resample(samples, orig_sr=sr, target_sr=sample_rate)
     path = tmp_path / "legacy.wav"
-    sf.write(path, samples, sample_rate, subtype="PCM_16")
+    # The demo voices sit on the 16-bit grid; the gain moves them off it.
+    samples = write_prompt(samples * np.float32(OFF_GRID_GAIN), sr, path, sample_rate, subtype="PCM_16")
     a = conditionals_tensors(model.prepare_conditionals_from_array(samples, sample_rate))
     b = conditionals_tensors(file_conditionals(model, path))
     assert not torch.equal(a["gen.prompt_feat"], b["gen.prompt_feat"])  # the quantisation is real

@@ -10,12 +10,11 @@ import os
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from chatterbox.mtl_tts import ChatterboxMultilingualTTS
 from chatterbox.tts_turbo import ChatterboxTurboTTS
 
-from tests.real_model import TINY_TOKENS, alignment_hooks_released, bitwise_equal, seed_everything
+from tests.real_model import TINY_TOKENS, alignment_hooks_released, bitwise_equal, seed_everything, write_prompt
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -66,13 +65,8 @@ def variant_worker(model, variant_model, speech, tmp_path):
 
 @pytest.mark.parametrize("sample_rate", [24000, 16000])
 def test_array_conditionals_equal_the_variants_file_path(variant_model, speech, tmp_path, sample_rate):
-    import librosa
-
-    samples, sr = speech
-    if sample_rate != sr:
-        samples = librosa.resample(samples, orig_sr=sr, target_sr=sample_rate)
     path = tmp_path / "prompt.wav"
-    sf.write(path, samples, sample_rate, subtype="FLOAT")
+    samples = write_prompt(*speech, path, sample_rate)
     # The variant's own library method (Turbo's normalises loudness); it stores on the model.
     LIBRARY_CLASSES[variant_model.variant].prepare_conditionals(variant_model, str(path), exaggeration=0.5)
     from_file = variant_model.conds
