@@ -10,6 +10,7 @@ which changes tempo and keeps pitch, and keeps its state across windows.
 """
 from __future__ import annotations
 
+import io
 import logging
 import struct
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ logger = logging.getLogger(__name__)
 SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 SPEECH_MIME_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
                      "wav": "audio/wav", "pcm": "audio/pcm"}
+# Formats whose header carries the clip's length. Streamed, the length is unknown when the
+# header leaves, and libsndfile (soundfile) refuses such a FLAC ("array is too big") or
+# reads such a WAV's size field literally; so these are sent whole unless a stream is
+# asked for by name.
+LENGTH_IN_HEADER_FORMATS = ("flac", "wav")
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 # One atempo stage handles 0.5–2.0 without skipping samples; wider factors chain stages.
 ATEMPO_MIN, ATEMPO_MAX = 0.5, 2.0
@@ -244,9 +250,21 @@ class AudioStreamEncoder:
 
 
 def encode_speech(samples: np.ndarray, sample_rate: int, fmt: str, speed: float = 1.0) -> bytes:
-    """A whole clip in ``fmt``; a WAV made here carries its real length in the header."""
+    """A whole clip in ``fmt``; a WAV or FLAC made here carries its real length in the header."""
+    if fmt in LENGTH_IN_HEADER_FORMATS:
+        pcm = np.frombuffer(encode_speech(samples, sample_rate, "pcm", speed), "<i2")
+        return _whole_file(pcm, sample_rate, fmt)
     with AudioStreamEncoder(fmt, sample_rate, speed) as encoder:
-        data = encoder.push(samples) + encoder.finish()
+        return encoder.push(samples) + encoder.finish()
+
+
+def _whole_file(pcm: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+    """16-bit samples as a complete file: WAV with its data size, FLAC with its sample count
+    and MD5 (ffmpeg's streaming FLAC muxer cannot seek back to write them)."""
     if fmt == "wav":
-        data = wav_header(sample_rate, len(data) - len(wav_header(sample_rate))) + data[len(wav_header(sample_rate)):]
-    return data
+        return wav_header(sample_rate, pcm.nbytes) + pcm.tobytes()
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chatterbox_worker.audio.streaming import (
+    LENGTH_IN_HEADER_FORMATS,
     MAX_SPEED,
     MIN_SPEED,
     SPEECH_FORMATS,
@@ -79,7 +80,8 @@ class SpeechRequest(BaseModel):
     response_format: Literal[SPEECH_FORMATS] = "mp3"
     speed: Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED)] = 1.0
     # OpenAI's default is a raw audio stream; "sse" wraps it in events. ``stream: false``
-    # (an extra) asks for one model call for the whole clip, sent with its length.
+    # (an extra) asks for one model call for the whole clip, sent with its length. A format
+    # whose header carries the length (flac, wav) is sent whole unless stream_format is named.
     stream_format: Literal["audio", "sse"] | None = None
     stream: bool = True
     instructions: str | None = None  # gpt-4o-mini-tts style prompts; Chatterbox has no such input
@@ -93,7 +95,9 @@ class SpeechRequest(BaseModel):
 
     @property
     def streamed(self) -> bool:
-        return self.stream_format is not None or self.stream
+        if self.stream_format is not None:
+            return True
+        return self.stream and self.response_format not in LENGTH_IN_HEADER_FORMATS
 
     @property
     def mime_type(self) -> str:

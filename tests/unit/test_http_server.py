@@ -3,6 +3,7 @@ stub worker, and the official openai package (and httpx) as clients."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import threading
 import time
@@ -11,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+import soundfile as sf
 
-from chatterbox_worker.audio.streaming import SPEECH_FORMATS, encode_speech
+from chatterbox_worker.audio.streaming import LENGTH_IN_HEADER_FORMATS, SPEECH_FORMATS, encode_speech
 from tests.http_servers import SlowStreamModel, running_app, tone, wait_ready
 from tests.unit.test_openai_speech import decode, dominant_hz
 
@@ -63,6 +65,30 @@ def speak(client, **kwargs) -> bytes:
 def test_every_format_decodes(client, fmt):
     samples, rate = decode(speak(client, response_format=fmt), fmt)
     assert 0.2 < samples.size / rate < 1.0  # the stub speaks 10 ms per character
+
+
+# libsndfile (soundfile) has no AAC decoder and no raw-PCM container; those go through PyAV
+# and numpy, and so does a streamed FLAC, whose header cannot carry the length.
+SOUNDFILE_FORMATS = ("mp3", "opus", "flac", "wav")
+
+
+@pytest.mark.parametrize("fmt", SPEECH_FORMATS)
+@pytest.mark.parametrize("mode", ["default", "whole", "stream"])
+def test_every_format_reads_whole_or_streamed(base_url, fmt, mode):
+    extra = {"default": {}, "whole": {"stream": False}, "stream": {"stream_format": "audio"}}[mode]
+    body = {"model": "tts-1", "voice": "Amy", "input": "Hello from the speech route.", "response_format": fmt, **extra}
+    response = httpx.post(f"{base_url}/v1/audio/speech", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    sent_whole = mode == "whole" or (mode == "default" and fmt in LENGTH_IN_HEADER_FORMATS)
+    # A whole file says how long it is; a stream is chunked.
+    assert ("content-length" in response.headers) == sent_whole, response.headers
+    if fmt in SOUNDFILE_FORMATS and (sent_whole or fmt != "flac"):
+        samples, rate = sf.read(io.BytesIO(response.content), dtype="float32")
+    else:
+        samples, rate = decode(response.content, fmt)
+    assert rate == SR and 0.2 < samples.size / rate < 1.0  # the stub speaks 10 ms per character
+    if sent_whole and fmt in LENGTH_IN_HEADER_FORMATS:
+        assert sf.info(io.BytesIO(response.content)).frames == samples.size
 
 
 def test_voice_name_id_alias_and_object_pick_the_same_voice(client):
