@@ -101,5 +101,13 @@ def page(browser, served):
     assert not watch.errors, f"the page threw: {watch.errors}"
 
 
+def expect(locator):
+    """Playwright's retrying assertions. They run in Playwright's own world, which the page's
+    policy (no eval) does not reach, unlike ``wait_for_function`` with an expression."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
 def wait_for_voices(page) -> None:
-    page.wait_for_function("document.querySelectorAll('#voice option').length > 0")
+    expect(page.locator("#voice option")).not_to_have_count(0)
