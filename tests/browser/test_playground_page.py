@@ -10,25 +10,13 @@ import pytest
 import soundfile as sf
 
 from chatterbox_worker.testing.audio_payloads import make_wav_b64
-from tests.browser.conftest import expect, open_page, wait_for_voices
+from tests.browser.chromium import PHONE, expect, open_page, speak_and_wait, stamp_ms, wait_for_voices
 from tests.unit.test_openai_speech import decode
 
 # Long enough for several stub windows (25 speech tokens each), so the stream arrives in pieces.
 LONG_TEXT = "Streaming speech should reach the listener before the model has finished the sentence. " * 2
 pytestmark = pytest.mark.browser
 XSS_NAME = "<img src=x onerror=alert(1)>"
-PHONE = {"width": 390, "height": 844}
-
-
-def speak_and_wait(page, text: str = LONG_TEXT) -> None:
-    clips = page.locator("#clips li").count()
-    page.fill("#text", text)
-    page.click("#speak")
-    expect(page.locator("#clips li")).to_have_count(clips + 1)
-
-
-def stamp_ms(page, output_id: str) -> int:
-    return int(page.get_attribute(f"#{output_id}", "data-ms"))
 
 
 def voice_options(page) -> list[str]:
@@ -59,7 +47,7 @@ def test_page_loads_and_the_voice_list_fills(page, library):
 def test_streamed_speech_starts_before_the_stream_ends(page, stream_model, transport):
     wait_for_voices(page)
     page.select_option("#transport", transport)
-    speak_and_wait(page)
+    speak_and_wait(page, LONG_TEXT)
     first, scheduled, last = (stamp_ms(page, i) for i in ("first-audio", "first-scheduled", "last-audio"))
     assert first <= scheduled < last  # the first window was playing before the last arrived
     assert stream_model.first_window_at < stream_model.finished_at
@@ -80,7 +68,7 @@ def test_download_decodes(page, tmp_path, fmt, streamed):
     wait_for_voices(page)
     page.select_option("#response_format", fmt)
     page.set_checked("#stream", streamed)
-    speak_and_wait(page)
+    speak_and_wait(page, LONG_TEXT)
     seconds = float(page.text_content("#clip-length").removesuffix(" s"))
     with page.expect_download() as download:
         page.click("#clips li .download")
