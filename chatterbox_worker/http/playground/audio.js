@@ -220,13 +220,13 @@ export function drawWaveform(canvas, samples) {
   ctx.fillStyle = style.getPropertyValue("--wave-bg").trim() || "#f3f4f6";
   ctx.fillRect(0, 0, width, height);
   ctx.fillStyle = style.getPropertyValue("--wave-fg").trim() || "#1d4ed8";
-  const perColumn = Math.max(1, Math.floor(samples.length / width));
+  const perColumn = samples.length / width;
   const middle = height / 2;
   for (let x = 0; x < width; x++) {
     let lo = 0;
     let hi = 0;
-    const start = x * perColumn;
-    for (let i = start; i < Math.min(start + perColumn, samples.length); i++) {
+    const end = Math.min(samples.length, Math.ceil((x + 1) * perColumn));
+    for (let i = Math.floor(x * perColumn); i < end; i++) {
       lo = Math.min(lo, samples[i]);
       hi = Math.max(hi, samples[i]);
     }
