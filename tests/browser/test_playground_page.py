@@ -17,6 +17,8 @@ from tests.unit.test_openai_speech import decode
 LONG_TEXT = "Streaming speech should reach the listener before the model has finished the sentence. " * 2
 pytestmark = pytest.mark.browser
 XSS_NAME = "<img src=x onerror=alert(1)>"
+# Over the 5 s an uploaded voice needs; the fake microphone plays a beep.
+RECORDING_MS = 5500
 
 
 def voice_options(page) -> list[str]:
@@ -204,3 +206,26 @@ def test_keyboard_alone_speaks_at_phone_width(browser, served):
         assert watch.errors == []
     finally:
         context.close()
+
+
+def test_a_recording_from_the_microphone_becomes_a_voice(page, served):
+    wait_for_voices(page)
+    page.click("#record")  # Chromium's fake microphone (--use-fake-device-for-media-stream)
+    expect(page.locator("#record")).to_have_text("Stop recording")
+    page.wait_for_timeout(RECORDING_MS)
+    page.click("#record")
+    expect(page.locator("#record-status")).to_contain_text("Recorded")
+    page.fill("#upload-name", "Microphone Voice")
+    page.click("#upload")
+    expect(page.locator("#err-file")).to_be_empty()
+    expect(page.locator("#voice option:checked")).to_contain_text("Microphone Voice")
+    saved = next(v for v in httpx.get(f"{served}/v1/audio/voices").json()["voices"] if v["name"] == "Microphone Voice")
+    assert saved["duration"] > 0 and saved["deletable"] is True
+
+
+def test_a_knob_out_of_bounds_shows_the_api_error_beside_it(page):
+    wait_for_voices(page)
+    page.fill("#speed", "9")
+    page.click("#speak")
+    expect(page.locator("#err-speed")).not_to_be_empty()
+    assert "speed" in page.text_content("#err-speed") and page.text_content("#err-input") == ""

@@ -11,6 +11,7 @@ import pytest
 from chatterbox_worker.audio.streaming import SPEECH_FORMATS
 from chatterbox_worker.http.routers import playground
 from chatterbox_worker.models.registry import VARIANTS
+from chatterbox_worker.voices.sources import MAX_CLONE_SECONDS, MIN_CLONE_SECONDS
 from tests.http_servers import running_app, wait_ready
 
 SCRIPTS = [name for name in playground.ASSETS if name.endswith(".js")]
@@ -70,6 +71,7 @@ def test_config_carries_the_workers_own_defaults_and_bounds(serve):
         assert config["variants"][name]["cfg_weight"] == spec.defaults.cfg_weight
         assert config["variants"][name]["exaggeration"] == spec.defaults.exaggeration
     assert config["api_key_required"] is False
+    assert config["voice_seconds"] == {"minimum": MIN_CLONE_SECONDS, "maximum": MAX_CLONE_SECONDS}
 
 
 def test_the_setting_turns_the_page_off(serve, monkeypatch):

@@ -191,6 +191,8 @@ function applyBounds() {
   }
   $("text").maxLength = state.config.max_input_chars;
   $("speed").value = String(state.config.default_speed);
+  const { minimum, maximum } = state.config.voice_seconds;
+  $("upload-hint").textContent = `Clear speech from one speaker, at least ${minimum} s; past ${maximum} s it is cut.`;
 }
 
 function applyVariantDefaults() {
@@ -478,7 +480,7 @@ async function startRecording() {
   recorder.start();
   state.recording = recorder;
   $("record").textContent = "Stop recording";
-  $("record-status").textContent = "Recording… speak for five to ten seconds.";
+  $("record-status").textContent = `Recording… speak for at least ${state.config.voice_seconds.minimum} s.`;
 }
 
 /** The browser records webm or ogg; the upload checks want WAV, FLAC or OGG, so send WAV. */

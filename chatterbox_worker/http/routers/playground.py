@@ -21,6 +21,7 @@ from chatterbox_worker.http.openai_errors import OpenAIError
 from chatterbox_worker.http.openai_speech import MODEL_VARIANTS_BY_NAME, SPEECH_SAMPLE_RATE, SpeechRequest
 from chatterbox_worker.models.registry import VARIANTS
 from chatterbox_worker.settings import get_settings
+from chatterbox_worker.voices.sources import MAX_CLONE_SECONDS, MIN_CLONE_SECONDS
 
 router = APIRouter()
 
@@ -101,6 +102,8 @@ def page_config() -> dict[str, Any]:
         "bounds": {knob: knob_bounds(schema[knob]) for knob in KNOBS},
         "variants": variant_defaults(),
         "model_variants": MODEL_VARIANTS_BY_NAME,
+        # An uploaded voice's length as the upload checks it (longer clips are cut).
+        "voice_seconds": {"minimum": MIN_CLONE_SECONDS, "maximum": MAX_CLONE_SECONDS},
     }
 
 
