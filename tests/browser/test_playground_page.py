@@ -229,3 +229,14 @@ def test_a_knob_out_of_bounds_shows_the_api_error_beside_it(page):
     page.click("#speak")
     expect(page.locator("#err-speed")).not_to_be_empty()
     assert "speed" in page.text_content("#err-speed") and page.text_content("#err-input") == ""
+
+
+def test_stop_ends_a_stream_under_way(page):
+    wait_for_voices(page)
+    page.fill("#text", LONG_TEXT * 4)  # many windows, each a little apart
+    page.click("#speak")
+    expect(page.locator("#first-audio")).not_to_have_text("–")
+    page.click("#stop")
+    expect(page.locator("#status")).to_have_text("Stopped.")
+    assert page.locator("#clips li").count() == 0 and page.is_enabled("#speak")
+    assert page.text_content("#err-general") == ""

@@ -288,8 +288,10 @@ async function speakWhole(body, signal, started, player) {
   stamp("last-audio", performance.now() - started);
   const file = new Blob([bytes], { type: response.headers.get("Content-Type") || "application/octet-stream" });
   let decoded = { samples: new PcmAssembler().push(new Uint8Array(bytes)), sampleRate: state.config.sample_rate };
-  if (body.response_format !== "pcm" && player.context) {
-    decoded = await decodeFile(player.context, bytes.slice(0));
+  if (body.response_format !== "pcm") {
+    // Without Web Audio there is nothing to decode with: the file still downloads as it came.
+    decoded = player.context ? await decodeFile(player.context, bytes.slice(0))
+      : { samples: new Float32Array(0), sampleRate: state.config.sample_rate };
   }
   player.sampleRate = decoded.sampleRate;
   if (player.schedule(decoded.samples) !== null) stamp("first-scheduled", performance.now() - started);
@@ -308,12 +310,12 @@ async function speak(event) {
   busy(true);
   const started = performance.now();
   try {
-    const speak = streamed ? speakStreamed : speakWhole;
-    const clip = await speak(body, state.abort.signal, started, state.player);
+    const request = streamed ? speakStreamed : speakWhole;
+    const clip = await request(body, state.abort.signal, started, state.player);
     finishClip(body, clip, streamed);
   } catch (error) {
     showError(error, SPEECH_ERRORS);
-    setStatus("The request failed.");
+    setStatus(error.name === "AbortError" ? "Stopped." : "The request failed.");
   } finally {
     busy(false);
   }
