@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     stream_chunk_tokens: int = Field(
         25, ge=1, le=LIBRARY_MAX_NEW_TOKENS,
         description="Speech tokens in each later streamed window of /v1/audio/speech")
+    playground: bool = Field(
+        True, description="Serve the playground page at / and /playground in HTTP mode (false: 404)")
 
     @field_validator("openai_voice_aliases")
     @classmethod

@@ -7,6 +7,7 @@ import json
 from chatterbox_worker.contract.limits import MB
 from chatterbox_worker.http.openai_errors import OpenAIError
 from chatterbox_worker.http.readiness import PING_PATH
+from chatterbox_worker.http.routers.playground import is_public
 
 
 class BodyTooLarge(OpenAIError):
@@ -28,7 +29,9 @@ class AccessMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.api_key and scope.get("path") != PING_PATH and not self._authorized(headers):
+        path = scope.get("path")
+        # /ping is RunPod's probe; the playground's files hold no data, and the page asks for the token.
+        if self.api_key and path != PING_PATH and not is_public(path) and not self._authorized(headers):
             return await self._refuse(send, OpenAIError(401, "missing or wrong bearer token (API_KEY)",
                                                         code="invalid_api_key"))
         declared = headers.get("content-length")

@@ -8,6 +8,7 @@
     GET    /v1/models              model names the speech route takes
     POST   /v1/jobs                a queue job ({"input": {...}}), answered as the queue handler does
     GET    /metrics                Prometheus text format
+    GET    /, /playground          the playground page (PLAYGROUND), over the routes above
 
 Each group is a router under ``http/routers``, thin over the operations and the speech
 pipeline the queue handler uses. The model loads on a background thread while the server
@@ -29,13 +30,14 @@ from chatterbox_worker.http.openai_errors import OpenAIError
 from chatterbox_worker.http.readiness import WorkerSource, WorkerState
 from chatterbox_worker.http.request_metrics import RequestMetricsMiddleware
 from chatterbox_worker.http.responses import error_response
-from chatterbox_worker.http.routers import health, jobs, metrics, models, speech, voices
+from chatterbox_worker.http.routers import health, jobs, metrics, models, playground, speech, voices
 from chatterbox_worker.serving import bootstrap
 from chatterbox_worker.settings import get_settings, mb_to_bytes
 
 logger = logging.getLogger("chatterbox_worker.http")
 
-ROUTERS = (health.router, speech.router, voices.router, models.router, jobs.router, metrics.router)
+ROUTERS = (health.router, speech.router, voices.router, models.router, jobs.router, metrics.router,
+           playground.router)
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

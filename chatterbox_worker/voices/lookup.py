@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 from chatterbox_worker.contract.errors import VoiceNotFoundError
-from chatterbox_worker.voices.catalog_store import CatalogState, Entries
+from chatterbox_worker.voices.catalog_store import CatalogState, Entries, is_deletable
 from chatterbox_worker.voices.validation import quote
 
 CLOSE_MATCH_COUNT = 3
@@ -75,6 +75,7 @@ def summary(voice_id: str, entry: dict[str, Any]) -> dict[str, Any]:
         "duration": entry.get("duration"),
         "original_file": entry.get("original_file"),
         "type": entry.get("type"),
+        "deletable": is_deletable(entry),  # false: a shipped voice, which delete_voice refuses
     }
 
 

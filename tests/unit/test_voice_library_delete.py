@@ -13,7 +13,7 @@ from optimized_voice_library import OptimizedVoiceLibrary
 from tests.unit.test_voice_library import build_legacy_library, make_audio, temp_files
 
 SR = 24000
-SUMMARY_KEYS = {"voice_id", "speaker_name", "gender", "duration", "original_file", "type"}
+SUMMARY_KEYS = {"voice_id", "speaker_name", "gender", "duration", "original_file", "type", "deletable"}
 
 
 def catalog(root: Path) -> dict:

@@ -236,7 +236,7 @@ def test_list_search_and_stats_shapes(legacy_lib):
     # A fixed id: a random one could contain "aa" and match the id search below.
     lib.save_voice("zed", make_audio(1), SR, description="Deep gravelly narrator", gender="male",
                    voice_id="12345678")
-    keys = {"voice_id", "speaker_name", "gender", "duration", "original_file", "type"}
+    keys = {"voice_id", "speaker_name", "gender", "duration", "original_file", "type", "deletable"}
     voices = lib.list_voices()
     assert [v["speaker_name"] for v in voices] == ["Aaron", "Amy", "Bella", "zed"]
     assert all(set(v) == keys for v in voices)

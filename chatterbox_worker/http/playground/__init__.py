@@ -1,0 +1,1 @@
+"""The playground page as package data: index.html, its style sheet and scripts (served by routers.playground)."""
