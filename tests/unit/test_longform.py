@@ -13,7 +13,7 @@ from chatterbox_worker.models.options import GenerationOptions
 from chatterbox_worker.models.registry import TURBO_CHUNK_CHARS, TURBO_CHUNK_TOKENS, VARIANTS
 from chatterbox_worker.pipeline.chunk_plan import Chunk, chunk_chars, chunk_seed, chunk_token_cap, plan_text
 from chatterbox_worker.pipeline.parallel_chunks import chunk_audio
-from chatterbox_worker.pipeline.speech import SpeechJob, speak, speak_blocks
+from chatterbox_worker.pipeline.speech import SpeechJob, speak, speak_blocks, speak_stream
 from chatterbox_worker.testing.stub_model import StubModel
 
 # Each sentence is over half the 300-character bound, so each is a chunk of its own.
@@ -172,3 +172,66 @@ def test_turbo_jobs_speak_in_turbo_sized_chunks(worker):
     speak(worker, job_for(model), text)
     assert all(len(t) <= TURBO_CHUNK_CHARS for t, _ in model.generations)
     assert max(len(t) for t, _ in model.generations) > TURBO_CHUNK_CHARS * 0.6
+
+
+# -- long streams: the next sentence opened early ------------------------------------------
+
+class OpeningModel(StubModel):
+    """Records when each sentence's stream is opened (the real model submits its tokens
+    then) and when each of its windows is taken."""
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[str] = []
+        self.closed: list[str] = []
+
+    def stream(self, text, *, conditionals, options=None, chunk_size=50, first_chunk_size=None):
+        self.events.append(f"open {text.split()[0]}")
+        windows = super().stream(text, conditionals=conditionals, options=options, chunk_size=chunk_size,
+                                 first_chunk_size=first_chunk_size)
+        return self._recorded(text.split()[0], windows)
+
+    def _recorded(self, name, windows):
+        try:
+            for wav in windows:
+                self.events.append(f"window {name}")
+                yield wav
+        finally:
+            self.closed.append(name)
+
+
+# Three sentences of about 150 characters: under a 200-character bound, one chunk each.
+THREE = " ".join(f"{name} sentence goes on and on, {'with more words, ' * 7}until it ends." for name in
+                 ("Alpha", "Bravo", "Delta"))
+
+
+def test_a_stream_opens_the_next_sentence_before_its_own_windows_are_taken(worker, monkeypatch):
+    monkeypatch.setenv("TTS_CHUNK_MAX_CHARS", "200")
+    model = OpeningModel()
+    list(speak_stream(worker, job_for(model), THREE, chunk_size=50))
+    opens = [i for i, e in enumerate(model.events) if e.startswith("open")]
+    assert len(opens) >= 3
+    first_window = model.events.index("window Alpha")
+    assert opens[1] < first_window  # sentence 2 opened before sentence 1's first window was taken
+    # ... but never decoded ahead: its windows come only after all of sentence 1's.
+    last_first = max(i for i, e in enumerate(model.events) if e == "window Alpha")
+    assert min(i for i, e in enumerate(model.events) if e == "window Bravo") > last_first
+
+
+def test_without_lookahead_each_sentence_opens_when_its_turn_comes(worker, monkeypatch):
+    monkeypatch.setenv("TTS_CHUNK_MAX_CHARS", "200")
+    monkeypatch.setenv("STREAM_LOOKAHEAD_CHUNKS", "0")
+    model = OpeningModel()
+    list(speak_stream(worker, job_for(model), THREE, chunk_size=50))
+    second_open = model.events.index("open Bravo")
+    assert second_open > max(i for i, e in enumerate(model.events) if e == "window Alpha")
+
+
+def test_a_consumer_that_stops_early_closes_the_sentences_opened_ahead(worker, monkeypatch):
+    monkeypatch.setenv("TTS_CHUNK_MAX_CHARS", "200")
+    model = OpeningModel()
+    windows = speak_stream(worker, job_for(model), THREE, chunk_size=50)
+    next(windows)
+    windows.close()
+    opened = [e.removeprefix("open ") for e in model.events if e.startswith("open")]
+    assert len(opened) == 2 and sorted(model.closed) == sorted(opened[:1])  # the started one ran its finally
