@@ -133,3 +133,14 @@ def test_the_client_sends_tags_and_the_file_has_the_pause(http_url, tmp_path):
     _, length = longest_zero_run(np.frombuffer(out.read_bytes(), dtype="<i2"))
     assert 36000 <= length <= 36000 + QUANTISED_EDGE_SAMPLES
     assert STUB_SR == 24000  # the pcm the client writes is at the model's rate
+
+
+def test_the_client_asks_for_long_input_only_past_openais_limit_and_keeps_tags():
+    from chatterbox_client.backends import OPENAI_MAX_INPUT_CHARS, SpeechOptions
+    from chatterbox_worker.contract.limits import OPENAI_MAX_INPUT_CHARS as SERVER_LIMIT
+
+    assert OPENAI_MAX_INPUT_CHARS == SERVER_LIMIT
+    short = SpeechOptions(TEXT, "Amy").openai_body()
+    assert short["input"] == TEXT and "long_input" not in short
+    long = SpeechOptions("word " * 1000, "Amy").openai_body()
+    assert long["long_input"] is True
