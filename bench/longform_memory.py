@@ -40,6 +40,11 @@ def chapter(chars: int = LONG_CHARS) -> str:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: a child started from a loaded model
+    inherits its parent's peak through fork, and exec does not reset it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * KB / MB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KB / MB  # Linux reports KB
 
 

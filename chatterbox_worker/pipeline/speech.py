@@ -257,11 +257,13 @@ def speak_stream(worker: Worker, job: SpeechJob, text: str, chunk_size: int,
     """Audio windows for ``text``, each yielded the moment the model has decoded it.
 
     ``first_chunk_size`` makes the stream's first window shorter than the rest, so that the
-    first audio leaves early; later sentence chunks use ``chunk_size`` throughout. The next
-    STREAM_LOOKAHEAD_CHUNKS sentence chunks are opened early: their speech tokens are drawn
-    while this chunk's windows are decoded and sent, so a sentence boundary leaves no gap
-    (never their audio: each window is decoded only when its turn comes). A pause tag is
-    one window of exact silence.
+    first audio leaves early; later sentence chunks use ``chunk_size`` throughout. Once a
+    chunk's first window is decoded, the next STREAM_LOOKAHEAD_CHUNKS chunks are opened:
+    their prefill and speech tokens run while this chunk's later windows are decoded and
+    sent, so a sentence boundary leaves no gap (never their audio: each window is decoded
+    only when its turn comes). Opening them only after the first window keeps their
+    prefill off the first audio and off the boundary window. A pause tag is one window of
+    exact silence.
     """
     plan = plan_text(text, chunk_chars(job.model.variant))
     lookahead = get_settings().stream_lookahead_chunks
@@ -272,12 +274,13 @@ def speak_stream(worker: Worker, job: SpeechJob, text: str, chunk_size: int,
             if isinstance(item, Silence):
                 yield silence(item.seconds, job.model.sr)
                 continue
-            for ahead in chunks[item.index:item.index + 1 + lookahead]:
-                if ahead.index not in opened:
-                    opened[ahead.index] = _open_stream(worker, job, ahead, chunk_size, first_chunk_size)
-            windows = opened.pop(item.index)
+            windows = opened.pop(item.index, None) or _open_stream(worker, job, item, chunk_size, first_chunk_size)
             try:
-                for wav in windows:
+                for number, wav in enumerate(windows):
+                    if number == 0:  # after this chunk's first window, so its prefill never delays that one
+                        for ahead in chunks[item.index + 1:item.index + 1 + lookahead]:
+                            if ahead.index not in opened:
+                                opened[ahead.index] = _open_stream(worker, job, ahead, chunk_size, first_chunk_size)
                     if wav.size:  # an empty window (the model stopped right after a full one) is no chunk
                         yield wav
             finally:

@@ -205,24 +205,25 @@ THREE = " ".join(f"{name} sentence goes on and on, {'with more words, ' * 7}unti
                  ("Alpha", "Bravo", "Delta"))
 
 
-def test_a_stream_opens_the_next_sentence_before_its_own_windows_are_taken(worker, monkeypatch):
+def test_a_stream_opens_the_next_sentence_after_the_first_window_and_before_the_last(worker, monkeypatch):
     monkeypatch.setenv("TTS_CHUNK_MAX_CHARS", "200")
     model = OpeningModel()
-    list(speak_stream(worker, job_for(model), THREE, chunk_size=50))
-    opens = [i for i, e in enumerate(model.events) if e.startswith("open")]
-    assert len(opens) >= 3
-    first_window = model.events.index("window Alpha")
-    assert opens[1] < first_window  # sentence 2 opened before sentence 1's first window was taken
+    list(speak_stream(worker, job_for(model), THREE, chunk_size=10))
+    alpha = [i for i, e in enumerate(model.events) if e == "window Alpha"]
+    assert len(alpha) >= 3
+    # Sentence 2 is opened after sentence 1's first window (its prefill never delays the
+    # first audio) and before sentence 1's last window is taken ...
+    assert alpha[0] < model.events.index("open Bravo") < alpha[-1]
+    assert model.events.index("open Delta") > model.events.index("window Bravo")
     # ... but never decoded ahead: its windows come only after all of sentence 1's.
-    last_first = max(i for i, e in enumerate(model.events) if e == "window Alpha")
-    assert min(i for i, e in enumerate(model.events) if e == "window Bravo") > last_first
+    assert min(i for i, e in enumerate(model.events) if e == "window Bravo") > alpha[-1]
 
 
 def test_without_lookahead_each_sentence_opens_when_its_turn_comes(worker, monkeypatch):
     monkeypatch.setenv("TTS_CHUNK_MAX_CHARS", "200")
     monkeypatch.setenv("STREAM_LOOKAHEAD_CHUNKS", "0")
     model = OpeningModel()
-    list(speak_stream(worker, job_for(model), THREE, chunk_size=50))
+    list(speak_stream(worker, job_for(model), THREE, chunk_size=10))
     second_open = model.events.index("open Bravo")
     assert second_open > max(i for i, e in enumerate(model.events) if e == "window Alpha")
 
@@ -230,8 +231,9 @@ def test_without_lookahead_each_sentence_opens_when_its_turn_comes(worker, monke
 def test_a_consumer_that_stops_early_closes_the_sentences_opened_ahead(worker, monkeypatch):
     monkeypatch.setenv("TTS_CHUNK_MAX_CHARS", "200")
     model = OpeningModel()
-    windows = speak_stream(worker, job_for(model), THREE, chunk_size=50)
+    windows = speak_stream(worker, job_for(model), THREE, chunk_size=10)
     next(windows)
+    next(windows)  # sentence 2 is open now
     windows.close()
     opened = [e.removeprefix("open ") for e in model.events if e.startswith("open")]
-    assert len(opened) == 2 and sorted(model.closed) == sorted(opened[:1])  # the started one ran its finally
+    assert opened == ["Alpha", "Bravo"] and model.closed == ["Alpha"]  # the started one ran its finally
