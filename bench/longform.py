@@ -54,7 +54,7 @@ from bench.random_checkpoint import checkpoint_dir  # noqa: E402
 logger = logging.getLogger("benchmark")
 
 MB = 1024 * 1024
-CHUNK_TOKENS = 8
+CHUNK_TOKENS = 32
 STREAM_TOKENS, STREAM_WINDOW_TOKENS = 12, 4
 STREAM_SENTENCES = 8
 VOICE_SECONDS = 3.0
