@@ -15,6 +15,9 @@ PCM_SAMPLE_RATE = 24000
 # How often a request that sends nothing until it is done reports that it is still running.
 WAITING_REPORT_EVERY_S = 5.0
 WAV_UNKNOWN_SIZE = 0xFFFFFFFF
+# OpenAI's limit on /v1/audio/speech's input; the worker speaks longer text (a chapter)
+# when the request says so (``long_input``).
+OPENAI_MAX_INPUT_CHARS = 4096
 
 
 class ClientError(Exception):
@@ -31,8 +34,10 @@ class SpeechOptions:
     extras: dict[str, Any] = field(default_factory=dict)  # exaggeration, seed, max_new_tokens, ...
 
     def openai_body(self) -> dict[str, Any]:
+        """The OpenAI speech request; the text goes as is (pause tags included)."""
+        long_input = {"long_input": True} if len(self.text) > OPENAI_MAX_INPUT_CHARS else {}
         return {"model": self.model, "input": self.text, "voice": self.voice,
-                "response_format": self.response_format, "speed": self.speed, **self.extras}
+                "response_format": self.response_format, "speed": self.speed, **long_input, **self.extras}
 
 
 class Backend(Protocol):

@@ -126,6 +126,16 @@ class Settings(BaseSettings):
     playground: bool = Field(
         True, description="Serve the playground page at / and /playground in HTTP mode (false: 404)")
 
+    # -- long text ---------------------------------------------------------------------
+    # A job's sentence chunks run side by side in the decode engine; one job holds at most
+    # this many engine slots, so a chapter leaves the rest to the jobs beside it (4 is half
+    # of a GPU worker's 8). 1 speaks the chunks one after another.
+    job_chunk_slots: int = Field(
+        4, ge=1, le=64, description="Most sentence chunks of one job decoded at once (1: one after another)")
+    stream_lookahead_chunks: int = Field(
+        1, ge=0, le=4,
+        description="Sentence chunks of a stream whose speech tokens are drawn while earlier audio is sent (0: none)")
+
     @field_validator("openai_voice_aliases")
     @classmethod
     def _aliases(cls, value: str) -> str:

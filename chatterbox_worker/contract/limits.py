@@ -14,7 +14,12 @@ SPEECH_TOKENS_PER_SECOND = 25
 # The library hard-codes 1000 new speech tokens per call (about 40 s of audio).
 LIBRARY_MAX_NEW_TOKENS = 1000
 
-MAX_TEXT_CHARS = 5000
+# A job's text may be a chapter: about 100 minutes of speech. Its audio is held as 16-bit
+# PCM in a file while it is made, not as float32 in memory (pipeline.long_output).
+MAX_TEXT_CHARS = 100_000
+# OpenAI's own limit on /v1/audio/speech's ``input``; a request passes it only by asking
+# (``long_input: true``), so that OpenAI clients see OpenAI's behaviour.
+OPENAI_MAX_INPUT_CHARS = 4096
 MAX_NAME_CHARS = 100
 MAX_DESCRIPTION_CHARS = 1000
 MAX_GENDER_CHARS = 32

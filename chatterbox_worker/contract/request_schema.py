@@ -23,6 +23,7 @@ from chatterbox_worker.contract.limits import (
     OUTPUT_FORMATS,
 )
 from chatterbox_worker.models.registry import MULTILINGUAL, VARIANTS
+from chatterbox_worker.pipeline.pause_tags import check_speakable
 
 DEFAULT_SAMPLE_TEXT = "Hello! This is a sample of my cloned voice, ready for text to speech."
 # Clients of the old worker echo back "none" for a voice they did not set.
@@ -121,6 +122,8 @@ class TTSRequest(_Generation):
     cfg: CfgWeight | None = None
     chunk_size: Annotated[int, Field(ge=1, le=LIBRARY_MAX_NEW_TOKENS)] | None = None
 
+    _check_text = field_validator("text")(check_speakable)
+
     @model_validator(mode="after")
     def _check(self) -> TTSRequest:
         _only_one(self, ("voice_id", "voice_name", "reference_audio"),
@@ -175,6 +178,7 @@ class VoiceCloningRequest(_Generation):
     cfg: CfgWeight | None = None
 
     _check_name = field_validator("voice_name")(_savable_name)
+    _check_text = field_validator("text")(check_speakable)
 
     @model_validator(mode="after")
     def _check(self) -> VoiceCloningRequest:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from chatterbox_worker.audio.streaming import (
     LENGTH_IN_HEADER_FORMATS,
@@ -29,11 +29,18 @@ from chatterbox_worker.audio.streaming import (
     encode_speech,
 )
 from chatterbox_worker.contract.errors import JobError
-from chatterbox_worker.contract.limits import LIBRARY_MAX_NEW_TOKENS, MAX_SEED, MAX_TEXT_CHARS, SPEECH_TOKENS_PER_SECOND
+from chatterbox_worker.contract.limits import (
+    LIBRARY_MAX_NEW_TOKENS,
+    MAX_SEED,
+    MAX_TEXT_CHARS,
+    OPENAI_MAX_INPUT_CHARS,
+    SPEECH_TOKENS_PER_SECOND,
+)
 from chatterbox_worker.contract.request_schema import TTSRequest, validate_request
 from chatterbox_worker.http import metrics as http_metrics
 from chatterbox_worker.http.openai_errors import OpenAIError, as_openai_error
 from chatterbox_worker.pipeline.job_metrics import Timer
+from chatterbox_worker.pipeline.pause_tags import check_speakable
 from chatterbox_worker.pipeline.speech import SpeechJob, prepare_speech, speak, speak_stream
 from chatterbox_worker.settings import get_settings
 from chatterbox_worker.voices.sources import resolve_voice
@@ -75,6 +82,9 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str
+    # Past OpenAI's 4096 characters, up to the job limit (a chapter), only when asked for;
+    # declared before ``input`` so that input's check can read it.
+    long_input: bool = False
     input: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
     voice: Annotated[str, Field(min_length=1)] | VoiceRef
     response_format: Literal[SPEECH_FORMATS] = "mp3"
@@ -92,6 +102,14 @@ class SpeechRequest(BaseModel):
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     language: str | None = None
     max_new_tokens: Annotated[int, Field(ge=1, le=LIBRARY_MAX_NEW_TOKENS)] | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _speakable_input(cls, value: str, info: ValidationInfo) -> str:
+        if len(value) > OPENAI_MAX_INPUT_CHARS and not info.data.get("long_input"):
+            raise ValueError(f"is {len(value)} characters, over OpenAI's {OPENAI_MAX_INPUT_CHARS}; send "
+                             f"\"long_input\": true to speak up to {MAX_TEXT_CHARS}")
+        return check_speakable(value)
 
     @property
     def streamed(self) -> bool:

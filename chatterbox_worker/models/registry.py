@@ -34,6 +34,20 @@ MULTILINGUAL_LANGUAGES = (
 # ChatterboxTurboTTS.prepare_conditionals refuses prompts of 5 s or less.
 TURBO_MIN_PROMPT_SECONDS = 5.0
 
+# Chunk bounds: long text is spoken chunk by chunk, each within the range where the model
+# is known to speak well.
+# Upstream reports quality degrading past about 350 characters per call
+# (resemble-ai/chatterbox #424); 300 keeps a sentence-packed chunk under that.
+CHUNK_CHARS = 300
+# The library's own cap, hard-coded in ChatterboxTTS.generate: 1000 tokens, about 40 s at
+# 25 tokens/s, twice what 300 characters take at a normal pace (about 20 s).
+CHUNK_TOKENS = 1000
+# Turbo becomes unstable past 25-30 s of audio (resemble-ai/chatterbox #543). 25 s is
+# 625 tokens at 25 tokens/s; 200 characters take about 13-15 s at a normal pace, so a
+# slow speaker still ends well inside the cap.
+TURBO_CHUNK_CHARS = 200
+TURBO_CHUNK_TOKENS = 625
+
 
 @dataclass(frozen=True)
 class VariantSpec:
@@ -53,6 +67,10 @@ class VariantSpec:
     min_prompt_seconds: float
     # Language ids the variant speaks; the first is the one it speaks without a tag.
     languages: tuple[str, ...]
+    # Longest text chunk spoken in one call, and the speech-token cap of one call (the
+    # reasons are at CHUNK_CHARS and TURBO_CHUNK_CHARS above).
+    max_chunk_chars: int = CHUNK_CHARS
+    max_chunk_tokens: int = CHUNK_TOKENS
 
     @property
     def checkpoint_env(self) -> str:
@@ -99,6 +117,8 @@ VARIANTS: dict[str, VariantSpec] = {
         checkpoint_setting="chatterbox_turbo_ckpt_dir",
         min_prompt_seconds=TURBO_MIN_PROMPT_SECONDS,
         languages=ENGLISH_ONLY,
+        max_chunk_chars=TURBO_CHUNK_CHARS,
+        max_chunk_tokens=TURBO_CHUNK_TOKENS,
     ),
 }
 

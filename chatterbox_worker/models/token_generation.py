@@ -84,6 +84,31 @@ def sampling_params(options: GenerationOptions) -> SamplingParams:
                           seed=options.seed)
 
 
+def _flush_every(chunk_size: int, first_chunk_size: int | None) -> int:
+    """Tokens are handed over in groups that divide every window, so no window waits."""
+    return math.gcd(first_chunk_size, chunk_size) if first_chunk_size else chunk_size
+
+
+class WindowStream:
+    """A stream's windows; ``close`` also cancels its engine job when no window was taken
+    yet (closing a generator that never started runs none of its code)."""
+
+    def __init__(self, windows: Iterator[np.ndarray], tokens: TokenStream):
+        self._windows, self._tokens = windows, tokens
+
+    def __iter__(self) -> WindowStream:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._windows)
+
+    def close(self) -> None:
+        close = getattr(self._windows, "close", None)
+        if close is not None:
+            close()
+        self._tokens.close()
+
+
 class EngineGenerationMixin:
     """A model's T3 engine and the generation calls that run through it.
 
@@ -171,11 +196,14 @@ class EngineGenerationMixin:
         """Yield audio every ``chunk_size`` speech tokens (the first window:
         ``first_chunk_size``) while T3 is still sampling.
 
-        The job is built here, so a bad option fails the call rather than the first window.
+        The job is built and submitted here, so a bad option fails the call rather than the
+        first window, and its tokens are already drawn while the caller is busy with earlier
+        audio (a long stream opens its next sentence early). Close the stream to cancel it.
         """
         options = options or self.generation_defaults
         job = self.decode_job(text, conditionals, options)
-        return self._stream(job, chunk_size, options.watermark, first_chunk_size)
+        tokens = self.speech_tokens(job, flush_every=_flush_every(chunk_size, first_chunk_size))
+        return WindowStream(self._stream(job, chunk_size, options.watermark, first_chunk_size, tokens), tokens)
 
     def speech_tokens(self, job: DecodeJob, *, forced_tokens: list[int] | None = None,
                       flush_every: int | None = 1) -> TokenStream:
@@ -185,12 +213,11 @@ class EngineGenerationMixin:
                                   flush_every=flush_every)
 
     def _stream(self, job: DecodeJob, chunk_size: int, watermark: bool,
-                first_chunk_size: int | None = None) -> Iterator[np.ndarray]:
+                first_chunk_size: int | None = None, tokens: TokenStream | None = None) -> Iterator[np.ndarray]:
         """Each window of ``chunk_size`` tokens (the first: ``first_chunk_size``) is decoded
-        as soon as it is drawn."""
-        # Tokens are handed over in groups that divide every window, so no window waits.
-        flush_every = math.gcd(first_chunk_size, chunk_size) if first_chunk_size else chunk_size
-        tokens = self.speech_tokens(job, flush_every=flush_every)
+        as soon as it is drawn (from ``tokens`` when the job is already submitted)."""
+        if tokens is None:
+            tokens = self.speech_tokens(job, flush_every=_flush_every(chunk_size, first_chunk_size))
         try:
             yield from stream_windows(self, tokens, job.gen, chunk_size=chunk_size, watermark=watermark,
                                       tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps, seed=job.params.seed,

@@ -13,7 +13,16 @@ import numpy as np
 from chatterbox_worker.audio.codec import encode_audio_base64, resample
 from chatterbox_worker.contract.request_schema import TTSRequest
 from chatterbox_worker.pipeline.job_metrics import Timer, chunk_detail, streaming_metrics
-from chatterbox_worker.pipeline.speech import Progress, SpeechJob, encode_output, prepare_speech, speak, speak_stream
+from chatterbox_worker.pipeline.long_output import deliver_blocks, is_long
+from chatterbox_worker.pipeline.speech import (
+    Progress,
+    SpeechJob,
+    encode_output,
+    prepare_speech,
+    speak,
+    speak_blocks,
+    speak_stream,
+)
 from chatterbox_worker.serving.worker import Worker
 from chatterbox_worker.voices.sources import resolve_voice
 
@@ -60,9 +69,23 @@ def speak_whole(worker: Worker, request: TTSRequest, progress: Progress | None =
     """``basic``: the whole clip in one response."""
     timer = Timer()
     job = _prepare(worker, request, timer)
+    if is_long(request.text):
+        return _long_response(worker, request, job, timer, progress)
     with timer.measure("generation_ms"):
         wav = speak(worker, job, request.text, progress)
     return _response(request, job, wav, timer)
+
+
+def _long_response(worker: Worker, request: TTSRequest, job: SpeechJob, timer: Timer,
+                   progress: Progress | None) -> dict[str, Any]:
+    """A chapter: written out while it is made, never held whole (pipeline.long_output)."""
+    with timer.measure("generation_ms"):  # generation and encoding interleave here
+        long = deliver_blocks(speak_blocks(worker, job, request.text, progress), job.model.sr,
+                              output_format=request.output_format, sample_rate=request.sample_rate,
+                              normalization=request.audio_normalization)
+    return {**long.audio, "sample_rate": long.sample_rate, "format": request.output_format,
+            "duration": round(long.seconds, 4), **speech_fields(request, job),
+            "metrics": timer.metrics(long.seconds, job.cache_source)}
 
 
 def speak_windows(worker: Worker, request: TTSRequest, progress: Progress | None = None) -> dict[str, Any]:

@@ -91,3 +91,15 @@ def require_speech(segments: list[Segment]) -> None:
     """A text of tags alone (or nothing) has nothing to speak: refuse it, naming ``text``."""
     if not any(isinstance(s, Speech) for s in segments):
         raise JobError(FIELD, "nothing to speak: the text holds only pause tags or white space")
+
+
+def check_speakable(text: str) -> str:
+    """``text`` as a request validator sees it: a bad pause tag, or tags with nothing to
+    speak between them, raise ValueError (pydantic reports it against the field)."""
+    if not text.strip():
+        return text  # a blank text has its own message ("must not be blank")
+    try:
+        require_speech(parse_segments(text))
+    except JobError as exc:
+        raise ValueError(exc.message) from None
+    return text

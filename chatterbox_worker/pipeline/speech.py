@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from chatterbox_worker.audio.codec import encode_audio, join_audio_chunks, normalize_audio, resample
+from chatterbox_worker.audio.codec import encode_audio, normalize_audio, resample
 from chatterbox_worker.conditionals.cache import CacheKey
 from chatterbox_worker.contract.delivery import deliver_audio
 from chatterbox_worker.contract.errors import JobError, OutOfMemoryJobError, is_out_of_memory
@@ -27,8 +27,20 @@ from chatterbox_worker.contract.limits import MAX_SEED
 from chatterbox_worker.models.interface import SpeechModel
 from chatterbox_worker.models.options import GenerationOptions
 from chatterbox_worker.models.registry import variant_spec
+from chatterbox_worker.pipeline.chunk_plan import (
+    Chunk,
+    Joiner,
+    chunk_chars,
+    chunk_seed,
+    chunk_token_cap,
+    chunks_of,
+    plan_text,
+    silence,
+)
 from chatterbox_worker.pipeline.job_metrics import Timer, note_memory_retries
-from chatterbox_worker.pipeline.text_chunking import split_text
+from chatterbox_worker.pipeline.parallel_chunks import chunk_audio
+from chatterbox_worker.pipeline.pause_tags import Silence
+from chatterbox_worker.settings import get_settings
 from chatterbox_worker.voices.sources import VoicePrompt
 
 if TYPE_CHECKING:
@@ -96,6 +108,41 @@ def stream_with_memory_retry(worker: Worker, produce: Callable[[], Iterator[T]])
             note_memory_retries()
 
 
+class OpenedStream:
+    """A stream opened now (``produce()`` is called at once, so the model submits its
+    tokens now), read later under the memory policy of :func:`stream_with_memory_retry`.
+    ``close`` cancels it whether or not it was read."""
+
+    def __init__(self, worker: Worker, produce: Callable[[], Iterator[T]]):
+        self._produce = produce
+        try:
+            self._first: Iterator[T] | None = produce()
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self._first = None  # the retry below frees memory and opens it again
+        self._current: Iterator[T] | None = None
+        self._windows = stream_with_memory_retry(worker, self._take)
+
+    def _take(self) -> Iterator[T]:
+        first, self._first = self._first, None
+        self._current = first if first is not None else self._produce()
+        return self._current
+
+    def __iter__(self) -> OpenedStream:
+        return self
+
+    def __next__(self) -> T:
+        return next(self._windows)
+
+    def close(self) -> None:
+        self._windows.close()
+        for windows in (self._first, self._current):
+            if windows is not None:
+                _close(windows)
+        self._first = self._current = None
+
+
 # -- conditionals ----------------------------------------------------------------------
 
 def _computed_conditionals(worker: Worker, model: SpeechModel, prompt: VoicePrompt, exaggeration: float,
@@ -157,22 +204,52 @@ def prepare_speech(worker: Worker, request: Any, prompt: VoicePrompt | None, tim
     options = variant_spec(model.variant).options(
         exaggeration=exaggeration, cfg_weight=cfg_weight, temperature=request.temperature,
         repetition_penalty=request.repetition_penalty, min_p=request.min_p, top_p=request.top_p,
-        max_new_tokens=request.max_new_tokens, seed=seed, language_id=request.effective_language_id,
+        max_new_tokens=chunk_token_cap(model.variant, request.max_new_tokens), seed=seed, language_id=request.effective_language_id,
         # A drawn seed lets the job's S3Gen windows share calls (model.run_s3gen).
         exact_seed=request.seed is not None)
     return SpeechJob(model, prompt, conds, source, seed, options)
 
 
+def _chunk_options(options: GenerationOptions, index: int) -> GenerationOptions:
+    return options if options.seed is None else options.but(seed=chunk_seed(options.seed, index))
+
+
+def speak_blocks(worker: Worker, job: SpeechJob, text: str, progress: Progress | None = None,
+                 *, slots: int | None = None) -> Iterator[np.ndarray]:
+    """The job's audio in text order, block by block (see :class:`chunk_plan.Joiner`).
+
+    The text's chunks (within the variant's bound) are decoded side by side, at most
+    ``slots`` at once (default JOB_CHUNK_SLOTS; see :mod:`parallel_chunks`), each with its
+    own seed derived from the job's; pause tags become exact silence. ``progress(done,
+    total)`` counts finished chunks. Raises ``JobError('text', ...)`` on a bad pause tag.
+    """
+    plan = plan_text(text, chunk_chars(job.model.variant))
+    joiner = Joiner(plan, job.model.sr)
+
+    def synthesize(chunk: Chunk) -> np.ndarray:
+        options = _chunk_options(job.options, chunk.index)
+        return with_memory_retry(worker, lambda: job.model.synthesize(
+            chunk.text, conditionals=job.conditionals, options=options))
+
+    slots = slots or get_settings().job_chunk_slots
+    for wav in chunk_audio(chunks_of(plan), synthesize, slots=slots, progress=progress):
+        yield from joiner.add(wav)
+    yield from joiner.finish()
+
+
 def speak(worker: Worker, job: SpeechJob, text: str, progress: Progress | None = None) -> np.ndarray:
-    """Long text is spoken sentence-chunk by chunk with one voice, then joined."""
-    chunks = split_text(text) or [text]
-    parts = []
-    for chunk in chunks:
-        parts.append(with_memory_retry(
-            worker, lambda: job.model.synthesize(chunk, conditionals=job.conditionals, options=job.options)))
-        if progress is not None and len(chunks) > 1:
-            progress(len(parts), len(chunks))
-    return join_audio_chunks(parts, job.model.sr)
+    """Long text is spoken sentence-chunk by chunk with one voice (chunks side by side),
+    then joined: float32 at the model's rate."""
+    blocks = list(speak_blocks(worker, job, text, progress))
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
+def _open_stream(worker: Worker, job: SpeechJob, chunk: Chunk, chunk_size: int,
+                 first_chunk_size: int | None) -> Iterator[np.ndarray]:
+    first = {"first_chunk_size": first_chunk_size} if chunk.index == 0 and first_chunk_size else {}
+    options = _chunk_options(job.options, chunk.index)
+    return OpenedStream(worker, lambda: job.model.stream(
+        chunk.text, conditionals=job.conditionals, options=options, chunk_size=chunk_size, **first))
 
 
 def speak_stream(worker: Worker, job: SpeechJob, text: str, chunk_size: int,
@@ -180,15 +257,43 @@ def speak_stream(worker: Worker, job: SpeechJob, text: str, chunk_size: int,
     """Audio windows for ``text``, each yielded the moment the model has decoded it.
 
     ``first_chunk_size`` makes the stream's first window shorter than the rest, so that the
-    first audio leaves early; later sentence chunks use ``chunk_size`` throughout.
+    first audio leaves early; later sentence chunks use ``chunk_size`` throughout. Once a
+    chunk's first window is decoded, the next STREAM_LOOKAHEAD_CHUNKS chunks are opened:
+    their prefill and speech tokens run while this chunk's later windows are decoded and
+    sent, so a sentence boundary leaves no gap (never their audio: each window is decoded
+    only when its turn comes). Opening them only after the first window keeps their
+    prefill off the first audio and off the boundary window. A pause tag is one window of
+    exact silence.
     """
-    for index, sentence_chunk in enumerate(split_text(text) or [text]):
-        first = {"first_chunk_size": first_chunk_size} if index == 0 and first_chunk_size else {}
-        windows = stream_with_memory_retry(worker, lambda: job.model.stream(
-            sentence_chunk, conditionals=job.conditionals, options=job.options, chunk_size=chunk_size, **first))
-        for wav in windows:
-            if wav.size:  # an empty window (the model stopped right after a full one) is no chunk
-                yield wav
+    plan = plan_text(text, chunk_chars(job.model.variant))
+    lookahead = get_settings().stream_lookahead_chunks
+    opened: dict[int, Iterator[np.ndarray]] = {}
+    chunks = chunks_of(plan)
+    try:
+        for item in plan:
+            if isinstance(item, Silence):
+                yield silence(item.seconds, job.model.sr)
+                continue
+            windows = opened.pop(item.index, None) or _open_stream(worker, job, item, chunk_size, first_chunk_size)
+            try:
+                for number, wav in enumerate(windows):
+                    if number == 0:  # after this chunk's first window, so its prefill never delays that one
+                        for ahead in chunks[item.index + 1:item.index + 1 + lookahead]:
+                            if ahead.index not in opened:
+                                opened[ahead.index] = _open_stream(worker, job, ahead, chunk_size, first_chunk_size)
+                    if wav.size:  # an empty window (the model stopped right after a full one) is no chunk
+                        yield wav
+            finally:
+                _close(windows)
+    finally:
+        for windows in opened.values():  # a consumer that stops early cancels the chunks opened ahead
+            _close(windows)
+
+
+def _close(windows: Iterator[np.ndarray]) -> None:
+    close = getattr(windows, "close", None)
+    if close is not None:
+        close()
 
 
 def convert(worker: Worker, model: SpeechModel, source: VoicePrompt, target_conditionals: Any, *,

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from chatterbox_worker.contract.limits import MAX_TEXT_CHARS
 from chatterbox_worker.testing.audio_payloads import float_wav_b64, make_wav_b64
 
 MALFORMED_FRACTION = 0.2
@@ -200,7 +201,7 @@ def malformed_jobs(payloads: Payloads, voice_ids: dict[str, str]) -> list[tuple[
         ("bad/job-not-object", ["not", "a", "job"]),
         ("bad/operation-unknown", {"input": {"operation": "sing", "text": "la"}}),
         ("bad/text-empty", {"input": {"text": ""}}),
-        ("bad/text-too-long", {"input": {"text": "x" * 5001}}),
+        ("bad/text-too-long", {"input": {"text": "x" * (MAX_TEXT_CHARS + 1)}}),
         ("bad/text-not-string", {"input": {"text": 42}}),
         ("bad/voice-unknown", {"input": {"text": "Hi.", "voice_name": "Nobody At All"}}),
         ("bad/voice_id-traversal", {"input": {"text": "Hi.", "voice_id": "../../etc/passwd"}}),

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chatterbox_worker.contract.limits import MAX_TEXT_CHARS
 from chatterbox_worker.testing.audio_payloads import decode_b64_audio, make_wav_b64
 from chatterbox_worker.testing.stub_model import STUB_SR, voice_tone
 
@@ -242,7 +243,7 @@ def test_conditionals_cache_hits_and_bypass(run_job, stub_model):
     ({"operation": "dance"}, "operation"),
     ({}, "text"),
     ({"text": ""}, "text"),
-    ({"text": "x" * 5001}, "text"),
+    ({"text": "x" * (MAX_TEXT_CHARS + 1)}, "text"),
     ({"text": "x", "temperature": 0}, "temperature"),
     ({"text": "x", "exaggeration": "high"}, "exaggeration"),
     ({"text": "x", "voice_name": "NoSuchVoice"}, "voice_name"),
