@@ -17,7 +17,7 @@ from chatterbox_worker.testing.stepped_stub import SteppedStubModel
 from chatterbox_worker.testing.stub_worker import assemble_worker
 from tests.http_servers import running_app, wait_ready
 
-SPEECH = {"model": "tts-1", "voice": "alloy", "input": "Hello there.", "response_format": "wav"}
+SPEECH = {"model": "tts-1", "voice": "alloy", "input": "Hello there.", "response_format": "wav", "stream": False}
 TIMEOUT_S = 30
 
 
@@ -105,7 +105,7 @@ def test_queue_jobs_over_http_share_the_speech_gate(slow_server):
 
 def test_a_streamed_response_holds_its_slot_until_its_last_piece(slow_server):
     url, model = slow_server(steps=20, max_concurrent_jobs=1, max_queued_requests=0)
-    with httpx.stream("POST", url + "/v1/audio/speech", json={**SPEECH, "response_format": "pcm"},
+    with httpx.stream("POST", url + "/v1/audio/speech", json={**SPEECH, "response_format": "pcm", "stream": True},
                       timeout=TIMEOUT_S) as stream:
         assert stream.status_code == 200
         chunks = stream.iter_bytes()
