@@ -27,6 +27,8 @@ from chatterbox_worker.settings import SettingsError, get_settings
 
 logger = logging.getLogger("chatterbox_worker")
 _gate: JobGate | None = None
+# Set by start(): SIGTERM is chained to the RunPod SDK's handler only in a real worker.
+_under_sdk = False
 
 __all__ = ["async_handler", "async_stream_handler", "configure_logging", "get_worker", "handle", "handler",
            "progress_reporter", "run_job", "serverless_config", "stream_handler"]
@@ -62,14 +64,9 @@ def queue_gate() -> JobGate:
     global _gate
     if _gate is None:
         _gate = build_gate(max_concurrent_jobs())
-        install_queue_shutdown(_gate, asyncio.get_running_loop(), lambda: getattr(loader_worker(), "cache", None))
+        if _under_sdk:  # the SDK installed its signal handlers before the first job
+            install_queue_shutdown(_gate, asyncio.get_running_loop(), lambda: getattr(get_worker(), "cache", None))
     return _gate
-
-
-def loader_worker() -> Any:
-    from chatterbox_worker.serving import bootstrap
-
-    return bootstrap.loader.worker
 
 
 def job_id(job: Any) -> str:
@@ -135,6 +132,8 @@ def start() -> None:
     """Load the worker, then hand RunPod the handlers."""
     import runpod
 
+    global _under_sdk
+    _under_sdk = True
     configure_logging()
     try:
         get_worker()  # load before the first job, so readiness means ready

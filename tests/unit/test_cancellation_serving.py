@@ -64,14 +64,13 @@ def test_a_request_past_its_time_limit_is_stopped_with_a_clear_error(slow_server
 
 @pytest.fixture
 def queue_worker(monkeypatch, library, cache):
-    """The queue handlers over a stepped stub; its own gate, and no signal handlers installed."""
+    """The queue handlers over a stepped stub, with a gate of their own."""
     import handler
 
     model = SteppedStubModel(step_s=0.02, steps=400)
     worker = assemble_worker(model, library, cache)
     monkeypatch.setattr(handler, "get_worker", lambda: worker)
     monkeypatch.setattr(handler, "_gate", None)
-    monkeypatch.setattr(handler, "install_queue_shutdown", lambda *args: False)
     return handler, model
 
 
