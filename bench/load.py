@@ -1,0 +1,356 @@
+"""Benchmark: serving under load and faults, on the real classes, through a real server.
+
+This is a benchmark, not a test: pytest only collects ``tests/``. It starts ``server.py``
+(HTTP mode) in a child process on the standard model (a random-weights checkpoint unless
+CHATTERBOX_CKPT_DIR names real weights), with ``MAX_CONCURRENT_JOBS=2``, ``/ping`` on its
+own ``PORT_HEALTH``, a few short voices and a tiny speech-token bound, and measures:
+
+- ``flood``: FLOOD_REQUESTS simultaneous speech requests (whole clips and streams, several
+  voices): served, shed (429), unavailable (503), failed; p50/p95 latency of the served;
+  p95 time to first audio of the streams; the slowest refusal, and whether every refusal
+  carried ``Retry-After``; the worst ``/ping`` on both ports while it ran; RSS before/after;
+- ``abandon``: ABANDONING_STREAMS streams that leave after their first bytes, then
+  ABANDONING_CLIPS whole-clip clients that give up after CLIP_CLIENT_TIMEOUT_S; then one
+  request, timed against the same request made alone before (``next_over_solo``);
+- ``sigterm``: SIGTERM while SIGTERM_REQUESTS requests run or wait: the exit code, the
+  seconds to exit, and how each client's request ended;
+- ``queue_cancel`` (in this process, after the server has gone): a queue job cancelled the
+  way the RunPod SDK cancels it (its task), and the seconds until the engine holds no job.
+
+    python bench/load.py --out bench/results/vm-cpu-load.json     # about 5 minutes on 2 CPU cores
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+# bench/ holds http.py, which must not shadow the standard library's http package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx  # noqa: E402 (after the path set-up above)
+
+from bench.random_checkpoint import checkpoint_dir  # noqa: E402
+
+logger = logging.getLogger("benchmark")
+
+LOOPBACK = "127.0.0.1"
+SLOTS = 2
+MAX_QUEUED = 4
+TOKENS = 4  # speech tokens per request: random weights rarely stop on their own
+VOICES = 3
+VOICE_SECONDS = 2.0  # S3Gen's CPU cost grows with the prompt
+FLOOD_REQUESTS = 40
+ABANDONING_STREAMS = 8
+ABANDONING_CLIPS = 8
+CLIP_CLIENT_TIMEOUT_S = 1.0
+SIGTERM_REQUESTS = 6
+SHUTDOWN_GRACE_S = 60.0
+QUEUE_CANCEL_TOKENS = 400
+PING_INTERVAL_S = 0.05
+START_TIMEOUT_S = 600.0
+CLIENT_TIMEOUT_S = 600.0
+SOLO_REPS = 2
+MB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def short_library(target: Path) -> list[str]:
+    """VOICES short voices cut from the shipped ones; returns their names."""
+    from optimized_voice_library import OptimizedVoiceLibrary
+
+    demo = OptimizedVoiceLibrary(REPO)
+    short = OptimizedVoiceLibrary(target)
+    names = []
+    for voice in demo.list_voices()[:VOICES]:
+        audio = demo.get_voice_audio(voice["voice_id"])
+        short.save_voice(voice["speaker_name"], audio.samples[: int(VOICE_SECONDS * audio.sample_rate)].copy(),
+                         audio.sample_rate)
+        names.append(voice["speaker_name"])
+    return names
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(workdir: Path, ckpt: Path, port: int, health_port: int) -> subprocess.Popen:
+    env = {**os.environ, "CHATTERBOX_CKPT_DIR": str(ckpt), "VOICE_LIBRARY_DIR": str(workdir / "library"),
+           "CONDITIONALS_CACHE_DIR": str(workdir / "conditionals"), "MAX_CONCURRENT_JOBS": str(SLOTS),
+           "MAX_QUEUED_REQUESTS": str(MAX_QUEUED), "PORT": str(port), "PORT_HEALTH": str(health_port),
+           "HTTP_HOST": LOOPBACK, "SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S), "LOG_LEVEL": "WARNING"}
+    log = open(workdir / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "server.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"http://{LOOPBACK}:{health_port}/ping", timeout=5).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    tail = (workdir / "server.log").read_text()[-4000:]
+    raise RuntimeError(f"the server did not become ready:\n{tail}")
+
+
+class PingProbe:
+    """Pings ``/ping`` every PING_INTERVAL_S on a thread of its own; keeps each latency."""
+
+    def __init__(self, url: str):
+        self.url, self.latencies, self.failures = url, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    ok = client.get(self.url + "/ping").status_code == 200
+                except httpx.TransportError:
+                    ok = False
+                self.latencies.append(time.perf_counter() - started)
+                self.failures += not ok
+                self._stop.wait(PING_INTERVAL_S)
+
+    def __enter__(self) -> PingProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        ms = sorted(1000 * v for v in self.latencies)
+        return {"pings": len(ms), "failures": self.failures, "p50_ms": round(statistics.median(ms), 1),
+                "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1), "max_ms": round(ms[-1], 1)}
+
+
+def speech_body(i: int, voices: list[str], stream: bool) -> dict[str, Any]:
+    return {"model": "tts-1", "voice": voices[i % len(voices)], "input": f"Request {i} speaks now.", "seed": 100 + i,
+            "max_new_tokens": TOKENS, "response_format": "pcm" if stream else "wav", "stream": stream}
+
+
+def one_request(url: str, body: dict[str, Any], timeout: float = CLIENT_TIMEOUT_S,
+                leave_after_first: bool = False) -> dict[str, Any]:
+    """How one request ended: status, seconds, first audio, Retry-After, error code, or the exception."""
+    started = time.perf_counter()
+    out: dict[str, Any] = {"stream": body["stream"]}
+    try:
+        with httpx.stream("POST", url + "/v1/audio/speech", json=body, timeout=timeout) as response:
+            out["status"] = response.status_code
+            out["retry_after"] = response.headers.get("Retry-After")
+            size = 0
+            for piece in response.iter_bytes():
+                if piece and "first_audio_s" not in out:
+                    out["first_audio_s"] = time.perf_counter() - started
+                    if leave_after_first:
+                        break
+                size += len(piece)
+            if response.status_code >= 400:
+                out["error_code"] = json.loads(response.read() or b"{}").get("error", {}).get("code")
+            out["bytes"] = size
+    except httpx.HTTPError as exc:
+        out["exception"] = type(exc).__name__
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+def all_at_once(url: str, bodies: list[dict], **kwargs) -> list[dict[str, Any]]:
+    barrier = threading.Barrier(len(bodies))
+
+    def run(body):
+        barrier.wait()
+        return one_request(url, body, **kwargs)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(run, bodies))
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 2)
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    served = [r for r in results if r.get("status") == 200 and r.get("bytes")]
+    refused = [r for r in results if r.get("status") in (429, 503)]
+    return {
+        "requests": len(results), "served": len(served),
+        "shed_429": sum(r.get("status") == 429 for r in results),
+        "unavailable_503": sum(r.get("status") == 503 for r in results),
+        "failed": len(results) - len(served) - len(refused),
+        "connection_errors": sum("exception" in r for r in results),
+        "every_refusal_has_retry_after": all(r.get("retry_after") for r in refused),
+        "slowest_refusal_s": percentile([r["seconds"] for r in refused], 1.0),
+        "latency_p50_s": percentile([r["seconds"] for r in served], 0.5),
+        "latency_p95_s": percentile([r["seconds"] for r in served], 0.95),
+        "first_audio_p95_s": percentile([r["first_audio_s"] for r in served if r["stream"]], 0.95),
+    }
+
+
+def flood(url: str, health_url: str, voices: list[str], pid: int) -> dict[str, Any]:
+    rss_before = rss_mb(pid)
+    bodies = [speech_body(i, voices, stream=i % 2 == 1) for i in range(FLOOD_REQUESTS)]
+    with PingProbe(url) as ping_main, PingProbe(health_url) as ping_health:
+        results = all_at_once(url, bodies)
+    return {**summarize(results), "ping_port": ping_main.summary(), "ping_health_port": ping_health.summary(),
+            "rss_before_mb": round(rss_before), "rss_after_mb": round(rss_mb(pid)),
+            "rss_growth_mb": round(rss_mb(pid) - rss_before)}
+
+
+def solo_seconds(url: str, voices: list[str]) -> float:
+    times = [one_request(url, speech_body(0, voices, stream=False))["seconds"] for _ in range(SOLO_REPS)]
+    return statistics.median(times)
+
+
+def abandon(url: str, voices: list[str]) -> dict[str, Any]:
+    solo = solo_seconds(url, voices)
+    streams = all_at_once(url, [speech_body(i, voices, stream=True) for i in range(ABANDONING_STREAMS)],
+                          leave_after_first=True)
+    clips = all_at_once(url, [speech_body(i, voices, stream=False) for i in range(ABANDONING_CLIPS)],
+                        timeout=CLIP_CLIENT_TIMEOUT_S)
+    following = one_request(url, speech_body(0, voices, stream=False))
+    metrics = httpx.get(url + "/metrics").text
+    cancelled = [line for line in metrics.splitlines() if line.startswith("chatterbox_cancelled_jobs_total")]
+    return {"solo_s": round(solo, 2), "next_s": round(following["seconds"], 2),
+            "next_over_solo": round(following["seconds"] / solo, 2), "next_status": following.get("status"),
+            "streams_left_after_first_bytes": sum("first_audio_s" in r for r in streams),
+            "streams_refused": sum(r.get("status") == 429 for r in streams),
+            "clips_timed_out_client_side": sum(r.get("exception") == "ReadTimeout" for r in clips),
+            "cancelled_counts": cancelled}
+
+
+def sigterm(proc: subprocess.Popen, url: str, voices: list[str]) -> dict[str, Any]:
+    bodies = [speech_body(i, voices, stream=i % 2 == 1) for i in range(SIGTERM_REQUESTS)]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        futures = [pool.submit(one_request, url, body) for body in bodies]
+        while 'stat="in_flight"} 0.0' in httpx.get(url + "/metrics").text:
+            time.sleep(0.05)
+        signalled = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=SHUTDOWN_GRACE_S + 60)
+        exit_s = time.perf_counter() - signalled
+        results = [f.result() for f in futures]
+    outcomes = [f"{r.get('status')}:{r.get('error_code') or ('audio' if r.get('bytes') else r.get('exception'))}"
+                for r in results]
+    return {"exit_code": code, "exit_s": round(exit_s, 2), "grace_s": SHUTDOWN_GRACE_S, "outcomes": outcomes,
+            "every_client_answered": all("exception" not in r for r in results)}
+
+
+def queue_cancel(ckpt: Path, workdir: Path) -> dict[str, Any]:
+    """A 400-token queue job cancelled as the SDK cancels it; seconds until its engine is empty."""
+    os.environ.update({"CHATTERBOX_CKPT_DIR": str(ckpt), "VOICE_LIBRARY_DIR": str(workdir / "library"),
+                       "CONDITIONALS_CACHE_DIR": "off", "MAX_CONCURRENT_JOBS": str(SLOTS)})
+    from chatterbox_worker.settings import reload_settings
+
+    reload_settings()
+    import handler
+    from chatterbox_worker.serving import bootstrap
+
+    worker = bootstrap.get_worker()
+    engine = worker.models["standard"].engine
+    job = {"id": "cancelled", "input": {"text": "A long job nobody waits for.", "max_new_tokens": QUEUE_CANCEL_TOKENS,
+                                        "seed": 1}}
+
+    async def scenario() -> dict[str, Any]:
+        task = asyncio.create_task(handler.async_handler(job))
+        while engine.stats().active_jobs == 0:  # wait until the job decodes
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(1.0)  # a few decode steps in
+        cancelled_at = time.perf_counter()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        reraised_s = time.perf_counter() - cancelled_at
+        while engine.stats().active_jobs:
+            await asyncio.sleep(0.005)
+        return {"reraised_s": round(reraised_s, 3), "engine_empty_s": round(time.perf_counter() - cancelled_at, 3),
+                "tokens_when_left": engine.stats().tokens, "engine_cancelled": engine.stats().cancelled}
+
+    return asyncio.run(scenario())
+
+
+def print_table(report: dict[str, Any]) -> None:
+    f, a, s, q = report["flood"], report["abandon"], report["sigterm"], report["queue_cancel"]
+    rows = [
+        ("flood: requests / served / 429 / 503 / failed", f"{f['requests']} / {f['served']} / {f['shed_429']} / "
+                                                          f"{f['unavailable_503']} / {f['failed']}"),
+        ("flood: slowest refusal (s), all with Retry-After", f"{f['slowest_refusal_s']}, {f['every_refusal_has_retry_after']}"),
+        ("flood: served latency p50 / p95 (s)", f"{f['latency_p50_s']} / {f['latency_p95_s']}"),
+        ("flood: stream first audio p95 (s)", f"{f['first_audio_p95_s']}"),
+        ("flood: /ping max on PORT / PORT_HEALTH (ms)", f"{f['ping_port']['max_ms']} / {f['ping_health_port']['max_ms']}"),
+        ("flood: RSS before / after (MB)", f"{f['rss_before_mb']} / {f['rss_after_mb']}"),
+        ("abandon: solo / next request (s), ratio", f"{a['solo_s']} / {a['next_s']}, {a['next_over_solo']}"),
+        ("sigterm: exit code, seconds to exit", f"{s['exit_code']}, {s['exit_s']}"),
+        ("sigterm: client outcomes", " ".join(s["outcomes"])),
+        ("queue cancel: CancelledError re-raised / engine empty (s)", f"{q['reraised_s']} / {q['engine_empty_s']}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "vm-cpu-load.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    ckpt = checkpoint_dir()
+    with tempfile.TemporaryDirectory(prefix="chatterbox-load-") as tmp:
+        workdir = Path(tmp)
+        voices = short_library(workdir / "library")
+        port, health_port = free_port(), free_port()
+        proc = start_server(workdir, ckpt, port, health_port)
+        url, health_url = f"http://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{health_port}"
+        try:
+            report: dict[str, Any] = {"flood": flood(url, health_url, voices, proc.pid)}
+            report["abandon"] = abandon(url, voices)
+            report["sigterm"] = sigterm(proc, url, voices)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        report["queue_cancel"] = queue_cancel(ckpt, workdir)
+    report["setup"] = {"slots": SLOTS, "max_queued": MAX_QUEUED, "tokens": TOKENS, "voices": VOICES,
+                       "voice_seconds": VOICE_SECONDS, "platform": platform.platform(), "cpus": os.cpu_count(),
+                       "command": "python bench/load.py --out " + str(args.out.relative_to(REPO)
+                                                                   if args.out.is_relative_to(REPO) else args.out)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+
+
+if __name__ == "__main__":
+    main()
