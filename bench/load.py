@@ -18,6 +18,11 @@ own ``PORT_HEALTH``, a few short voices and a tiny speech-token bound, and measu
   way the RunPod SDK cancels it (its task), and the seconds until the engine holds no job.
 
     python bench/load.py --out bench/results/vm-cpu-load.json     # about 5 minutes on 2 CPU cores
+    python bench/load.py --stub --out /tmp/load-stub.json           # the same phases on a stub model, ~30 s
+
+``--stub`` serves a stepped stub model (``tests/stepped_server.py``: no torch, each job
+STUB_STEPS steps of STUB_STEP_S, cancellable at each step) so that the short version runs
+in CI (``tests/unit/test_load_script.py``); its figures say nothing about the model.
 """
 from __future__ import annotations
 
@@ -56,6 +61,10 @@ LOOPBACK = "127.0.0.1"
 SLOTS = 2
 MAX_QUEUED = 4
 TOKENS = 4  # speech tokens per request: random weights rarely stop on their own
+# An abandoning stream's tokens: a first window of 12 (STREAM_FIRST_CHUNK_TOKENS), then one of 25
+# that nobody waits for.
+ABANDON_STREAM_TOKENS = 37
+QUEUE_CANCEL_AFTER_TOKENS = 3  # cancel a queue job while it decodes, past its prefill
 VOICES = 3
 VOICE_SECONDS = 2.0  # S3Gen's CPU cost grows with the prompt
 FLOOD_REQUESTS = 40
@@ -70,6 +79,8 @@ START_TIMEOUT_S = 600.0
 CLIENT_TIMEOUT_S = 600.0
 SOLO_REPS = 2
 MB = 1024 * 1024
+STUB_STEPS = 40
+STUB_STEP_S = 0.05
 
 
 def free_port() -> int:
@@ -100,13 +111,21 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(workdir: Path, ckpt: Path, port: int, health_port: int) -> subprocess.Popen:
-    env = {**os.environ, "CHATTERBOX_CKPT_DIR": str(ckpt), "VOICE_LIBRARY_DIR": str(workdir / "library"),
+def server_command(workdir: Path, port: int, health_port: int, stub: bool) -> list[str]:
+    if not stub:
+        return [sys.executable, "server.py"]
+    return [sys.executable, "-m", "tests.stepped_server", str(workdir / "library"), str(workdir / "conditionals"),
+            str(port), str(STUB_STEPS), str(STUB_STEP_S), str(health_port)]
+
+
+def start_server(workdir: Path, ckpt: Path | None, port: int, health_port: int) -> subprocess.Popen:
+    env = {**os.environ, "CHATTERBOX_CKPT_DIR": str(ckpt or ""), "VOICE_LIBRARY_DIR": str(workdir / "library"),
            "CONDITIONALS_CACHE_DIR": str(workdir / "conditionals"), "MAX_CONCURRENT_JOBS": str(SLOTS),
            "MAX_QUEUED_REQUESTS": str(MAX_QUEUED), "PORT": str(port), "PORT_HEALTH": str(health_port),
            "HTTP_HOST": LOOPBACK, "SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S), "LOG_LEVEL": "WARNING"}
     log = open(workdir / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "server.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(server_command(workdir, port, health_port, ckpt is None), cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -154,9 +173,9 @@ class PingProbe:
                 "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1), "max_ms": round(ms[-1], 1)}
 
 
-def speech_body(i: int, voices: list[str], stream: bool) -> dict[str, Any]:
+def speech_body(i: int, voices: list[str], stream: bool, tokens: int = TOKENS) -> dict[str, Any]:
     return {"model": "tts-1", "voice": voices[i % len(voices)], "input": f"Request {i} speaks now.", "seed": 100 + i,
-            "max_new_tokens": TOKENS, "response_format": "pcm" if stream else "wav", "stream": stream}
+            "max_new_tokens": tokens, "response_format": "pcm" if stream else "wav", "stream": stream}
 
 
 def one_request(url: str, body: dict[str, Any], timeout: float = CLIENT_TIMEOUT_S,
@@ -168,16 +187,17 @@ def one_request(url: str, body: dict[str, Any], timeout: float = CLIENT_TIMEOUT_
         with httpx.stream("POST", url + "/v1/audio/speech", json=body, timeout=timeout) as response:
             out["status"] = response.status_code
             out["retry_after"] = response.headers.get("Retry-After")
-            size = 0
+            pieces = []
             for piece in response.iter_bytes():
-                if piece and "first_audio_s" not in out:
+                if piece and "first_audio_s" not in out and response.status_code == 200:
                     out["first_audio_s"] = time.perf_counter() - started
                     if leave_after_first:
                         break
-                size += len(piece)
+                pieces.append(piece)
+            body = b"".join(pieces)
             if response.status_code >= 400:
-                out["error_code"] = json.loads(response.read() or b"{}").get("error", {}).get("code")
-            out["bytes"] = size
+                out["error_code"] = json.loads(body or b"{}").get("error", {}).get("code")
+            out["bytes"] = len(body)
     except httpx.HTTPError as exc:
         out["exception"] = type(exc).__name__
     out["seconds"] = time.perf_counter() - started
@@ -236,8 +256,8 @@ def solo_seconds(url: str, voices: list[str]) -> float:
 
 def abandon(url: str, voices: list[str]) -> dict[str, Any]:
     solo = solo_seconds(url, voices)
-    streams = all_at_once(url, [speech_body(i, voices, stream=True) for i in range(ABANDONING_STREAMS)],
-                          leave_after_first=True)
+    streams = all_at_once(url, [speech_body(i, voices, stream=True, tokens=ABANDON_STREAM_TOKENS)
+                                for i in range(ABANDONING_STREAMS)], leave_after_first=True)
     clips = all_at_once(url, [speech_body(i, voices, stream=False) for i in range(ABANDONING_CLIPS)],
                         timeout=CLIP_CLIENT_TIMEOUT_S)
     following = one_request(url, speech_body(0, voices, stream=False))
@@ -268,26 +288,43 @@ def sigterm(proc: subprocess.Popen, url: str, voices: list[str]) -> dict[str, An
             "every_client_answered": all("exception" not in r for r in results)}
 
 
-def queue_cancel(ckpt: Path, workdir: Path) -> dict[str, Any]:
-    """A 400-token queue job cancelled as the SDK cancels it; seconds until its engine is empty."""
-    os.environ.update({"CHATTERBOX_CKPT_DIR": str(ckpt), "VOICE_LIBRARY_DIR": str(workdir / "library"),
+def in_process_worker(ckpt: Path | None, workdir: Path) -> tuple[Any, Any]:
+    """The queue handler's worker in this process, and a reader of how many jobs its model holds."""
+    os.environ.update({"CHATTERBOX_CKPT_DIR": str(ckpt or ""), "VOICE_LIBRARY_DIR": str(workdir / "library"),
                        "CONDITIONALS_CACHE_DIR": "off", "MAX_CONCURRENT_JOBS": str(SLOTS)})
     from chatterbox_worker.settings import reload_settings
 
     reload_settings()
-    import handler
+    if ckpt is None:
+        from chatterbox_worker.testing.stepped_stub import SteppedStubModel
+        from chatterbox_worker.testing.stub_worker import stub_worker
+
+        model = SteppedStubModel(STUB_STEP_S, QUEUE_CANCEL_TOKENS)
+        return stub_worker(workdir / "library", model=model), lambda: (model.active, model.steps_run)
     from chatterbox_worker.serving import bootstrap
 
     worker = bootstrap.get_worker()
-    engine = worker.models["standard"].engine
+
+    def engine_state() -> tuple[int, int]:
+        stats = worker.models["standard"].engine.stats()
+        return stats.active_jobs, stats.tokens
+    return worker, engine_state
+
+
+def queue_cancel(ckpt: Path | None, workdir: Path) -> dict[str, Any]:
+    """A 400-token queue job cancelled as the SDK cancels it; seconds until its model holds no job."""
+    import handler
+
+    worker, engine_state = in_process_worker(ckpt, workdir)
+    handler.get_worker = lambda: worker
     job = {"id": "cancelled", "input": {"text": "A long job nobody waits for.", "max_new_tokens": QUEUE_CANCEL_TOKENS,
                                         "seed": 1}}
 
     async def scenario() -> dict[str, Any]:
+        _, tokens_before = engine_state()
         task = asyncio.create_task(handler.async_handler(job))
-        while engine.stats().active_jobs == 0:  # wait until the job decodes
+        while engine_state()[1] < tokens_before + QUEUE_CANCEL_AFTER_TOKENS:  # past its prefill, decoding
             await asyncio.sleep(0.01)
-        await asyncio.sleep(1.0)  # a few decode steps in
         cancelled_at = time.perf_counter()
         task.cancel()
         try:
@@ -295,10 +332,10 @@ def queue_cancel(ckpt: Path, workdir: Path) -> dict[str, Any]:
         except asyncio.CancelledError:
             pass
         reraised_s = time.perf_counter() - cancelled_at
-        while engine.stats().active_jobs:
+        while engine_state()[0]:
             await asyncio.sleep(0.005)
         return {"reraised_s": round(reraised_s, 3), "engine_empty_s": round(time.perf_counter() - cancelled_at, 3),
-                "tokens_when_left": engine.stats().tokens, "engine_cancelled": engine.stats().cancelled}
+                "gate": handler.queue_gate().stats()["cancelled"]}
 
     return asyncio.run(scenario())
 
@@ -323,12 +360,13 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{name:<{width}}  {value}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "vm-cpu-load.json")
-    args = parser.parse_args()
+    parser.add_argument("--stub", action="store_true", help="a stepped stub model instead of the real one (CI)")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    ckpt = checkpoint_dir()
+    ckpt = None if args.stub else checkpoint_dir()
     with tempfile.TemporaryDirectory(prefix="chatterbox-load-") as tmp:
         workdir = Path(tmp)
         voices = short_library(workdir / "library")
@@ -343,10 +381,10 @@ def main() -> None:
             if proc.poll() is None:
                 proc.kill()
         report["queue_cancel"] = queue_cancel(ckpt, workdir)
-    report["setup"] = {"slots": SLOTS, "max_queued": MAX_QUEUED, "tokens": TOKENS, "voices": VOICES,
+    report["setup"] = {"model": "stepped stub" if args.stub else "standard (random weights unless CHATTERBOX_CKPT_DIR)",
+                       "slots": SLOTS, "max_queued": MAX_QUEUED, "tokens": TOKENS, "voices": VOICES,
                        "voice_seconds": VOICE_SECONDS, "platform": platform.platform(), "cpus": os.cpu_count(),
-                       "command": "python bench/load.py --out " + str(args.out.relative_to(REPO)
-                                                                   if args.out.is_relative_to(REPO) else args.out)}
+                       "command": "python bench/load.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)

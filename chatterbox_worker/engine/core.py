@@ -180,10 +180,7 @@ class T3Engine:
         with self._lock:
             plan = self.scheduler.schedule()
         for request in plan.cancelled:
-            if request.cancel_error is not None:
-                request.outbox.fail(request.cancel_error)
-            else:
-                request.outbox.end()
+            self._close_cancelled(request)
         self.runner.move_rows(plan.row_moves)
         self._prefill(plan.admitted)
         ready = [r for r in self.scheduler.running if r.has_logits and not r.status.is_finished]
@@ -239,9 +236,26 @@ class T3Engine:
         self.scheduler.finish(request, RequestStatus.FINISHED_FAILED)
         request.outbox.fail(error)
 
+    @staticmethod
+    def _close_cancelled(request: EngineRequest) -> None:
+        """Wake a cancelled job's caller: with its cancel scope's error, or with the end of its stream."""
+        if request.cancel_error is not None:
+            request.outbox.fail(request.cancel_error)
+        else:
+            request.outbox.end()
+
     def _prefill(self, admitted: list[EngineRequest]) -> None:
-        """Prefill each admitted job alone; one job's failure is that job's, out of memory is the step's."""
+        """Prefill each admitted job alone; one job's failure is that job's, out of memory is the step's.
+
+        A job cancelled while the ones before it were prefilled is not prefilled (a prefill
+        takes seconds on a CPU): it leaves now."""
         for i, request in enumerate(admitted):
+            if request.cancel_requested:
+                with self._lock:
+                    self.scheduler.finish(request, RequestStatus.FINISHED_CANCELLED)
+                    self.counters.cancelled += 1
+                self._close_cancelled(request)
+                continue
             self.runner.start(request)
             try:
                 self.runner.prefill(request)

@@ -149,3 +149,46 @@ def test_a_scope_cancelled_before_submit_refuses_the_job(tiny):
     with scope_context(scope), pytest.raises(JobCancelled):
         engine.submit(cond, tiny_text_tokens(t3), params(seed=1))
     assert engine.stats().pending_jobs == 0
+
+
+def test_real_model_a_nan_job_fails_alone_and_its_neighbours_audio_equals_their_solo_runs(model, monkeypatch):
+    """The real standard model, through ``synthesize``: T3 and S3Gen for the healthy jobs."""
+    import numpy as np
+
+    from chatterbox_worker.testing.demo_library import REPO_ROOT
+    from optimized_voice_library import OptimizedVoiceLibrary
+
+    v = OptimizedVoiceLibrary(REPO_ROOT).get_voice_audio_by_name("Bella")
+    conds = model.prepare_conditionals_from_array(v.samples[: int(3.0 * v.sample_rate)].copy(), v.sample_rate)
+    calls = [("One two.", 1), ("Three four.", 2)]
+    solo = [model.synthesize(t, conditionals=conds, options=model.options(seed=s, max_new_tokens=4, watermark=False))
+            for t, s in calls]
+    engine = model.engine
+    decode = engine.runner.decode
+
+    def nan_for_seed_99(requests):
+        decode(requests)
+        for request in requests:
+            if request.seed == 99:
+                request.state.logits = torch.full_like(request.state.logits, float("nan"))
+
+    monkeypatch.setattr(engine.runner, "decode", nan_for_seed_99)
+    results: list = [None] * 3
+    jobs = [*calls[:1], ("Faulty.", 99), *calls[1:]]
+
+    def run(i: int) -> None:
+        text, seed = jobs[i]
+        try:
+            results[i] = model.synthesize(text, conditionals=conds,
+                                          options=model.options(seed=seed, max_new_tokens=4, watermark=False))
+        except Exception as exc:  # the faulty job's error
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(results[1], ServerError) and "NaN" in str(results[1])
+    assert np.array_equal(results[0], solo[0]) and np.array_equal(results[2], solo[1])
+    assert engine.stats().active_jobs == 0
