@@ -75,6 +75,7 @@ SIGTERM_REQUESTS = 6
 SHUTDOWN_GRACE_S = 60.0
 QUEUE_CANCEL_TOKENS = 400
 PING_INTERVAL_S = 0.05
+IDLE_PING_S = 3.0
 START_TIMEOUT_S = 600.0
 CLIENT_TIMEOUT_S = 600.0
 SOLO_REPS = 2
@@ -241,10 +242,13 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def flood(url: str, health_url: str, voices: list[str], pid: int) -> dict[str, Any]:
     rss_before = rss_mb(pid)
+    with PingProbe(health_url) as idle:  # the same probe with nothing else running: the floor
+        time.sleep(IDLE_PING_S)
     bodies = [speech_body(i, voices, stream=i % 2 == 1) for i in range(FLOOD_REQUESTS)]
     with PingProbe(url) as ping_main, PingProbe(health_url) as ping_health:
         results = all_at_once(url, bodies)
-    return {**summarize(results), "ping_port": ping_main.summary(), "ping_health_port": ping_health.summary(),
+    return {**summarize(results), "ping_idle": idle.summary(), "ping_port": ping_main.summary(),
+            "ping_health_port": ping_health.summary(),
             "rss_before_mb": round(rss_before), "rss_after_mb": round(rss_mb(pid)),
             "rss_growth_mb": round(rss_mb(pid) - rss_before)}
 
@@ -254,17 +258,32 @@ def solo_seconds(url: str, voices: list[str]) -> float:
     return statistics.median(times)
 
 
+def engine_load(url: str) -> dict[str, float]:
+    """Jobs holding a slot or waiting, and jobs in the decode engine, from ``/metrics``."""
+    wanted = {'chatterbox_admission{stat="in_flight"}': "in_flight", 'chatterbox_admission{stat="waiting"}': "waiting",
+              'chatterbox_engine_active_jobs{model="standard"}': "engine_jobs"}
+    found = {}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            found[wanted[name]] = float(value)
+    return found
+
+
 def abandon(url: str, voices: list[str]) -> dict[str, Any]:
     solo = solo_seconds(url, voices)
     streams = all_at_once(url, [speech_body(i, voices, stream=True, tokens=ABANDON_STREAM_TOKENS)
                                 for i in range(ABANDONING_STREAMS)], leave_after_first=True)
     clips = all_at_once(url, [speech_body(i, voices, stream=False) for i in range(ABANDONING_CLIPS)],
                         timeout=CLIP_CLIENT_TIMEOUT_S)
+    left_behind = engine_load(url)  # what the abandoned requests still hold as the next one is sent
     following = one_request(url, speech_body(0, voices, stream=False))
+    solo_after = solo_seconds(url, voices)  # other load on the machine shows as a change of the solo time
     metrics = httpx.get(url + "/metrics").text
     cancelled = [line for line in metrics.splitlines() if line.startswith("chatterbox_cancelled_jobs_total")]
-    return {"solo_s": round(solo, 2), "next_s": round(following["seconds"], 2),
+    return {"solo_s": round(solo, 2), "solo_after_s": round(solo_after, 2), "next_s": round(following["seconds"], 2),
             "next_over_solo": round(following["seconds"] / solo, 2), "next_status": following.get("status"),
+            "left_behind_when_next_sent": left_behind,
             "streams_left_after_first_bytes": sum("first_audio_s" in r for r in streams),
             "streams_refused": sum(r.get("status") == 429 for r in streams),
             "clips_timed_out_client_side": sum(r.get("exception") == "ReadTimeout" for r in clips),
@@ -349,8 +368,11 @@ def print_table(report: dict[str, Any]) -> None:
         ("flood: served latency p50 / p95 (s)", f"{f['latency_p50_s']} / {f['latency_p95_s']}"),
         ("flood: stream first audio p95 (s)", f"{f['first_audio_p95_s']}"),
         ("flood: /ping max on PORT / PORT_HEALTH (ms)", f"{f['ping_port']['max_ms']} / {f['ping_health_port']['max_ms']}"),
+        ("flood: /ping p50 / p99 on PORT_HEALTH (ms)", f"{f['ping_health_port']['p50_ms']} / {f['ping_health_port']['p99_ms']}"),
+        ("idle: /ping p50 / max (ms)", f"{f['ping_idle']['p50_ms']} / {f['ping_idle']['max_ms']}"),
         ("flood: RSS before / after (MB)", f"{f['rss_before_mb']} / {f['rss_after_mb']}"),
-        ("abandon: solo / next request (s), ratio", f"{a['solo_s']} / {a['next_s']}, {a['next_over_solo']}"),
+        ("abandon: solo before / next request / solo after (s)", f"{a['solo_s']} / {a['next_s']} / {a['solo_after_s']}"),
+        ("abandon: next over solo; left behind when sent", f"{a['next_over_solo']}; {a['left_behind_when_next_sent']}"),
         ("sigterm: exit code, seconds to exit", f"{s['exit_code']}, {s['exit_s']}"),
         ("sigterm: client outcomes", " ".join(s["outcomes"])),
         ("queue cancel: CancelledError re-raised / engine empty (s)", f"{q['reraised_s']} / {q['engine_empty_s']}"),

@@ -29,6 +29,7 @@ from chatterbox_worker.serving.gate import JobGate, JobTicket, build_gate, concu
 
 T = TypeVar("T")
 RATE_LIMIT_ERROR = "rate_limit_error"  # OpenAI's type for a 429
+LEFT_WAITING = "left_while_waiting"  # the cancel reason of a client gone before its job started
 
 
 def app_gate(app: FastAPI, worker: Any) -> JobGate:
@@ -87,5 +88,6 @@ async def enter_watched(request: Request, gate: JobGate) -> JobTicket:
         watcher.cancel()
     if not entering.done():  # the client left while waiting: it leaves the line, taking no slot
         entering.cancel()
+        gate.cancelled[LEFT_WAITING] += 1
         raise client_gone()
     return entering.result()

@@ -133,7 +133,7 @@ class GateCollector:
                 admission.add_metric([name], float(value))
         yield admission
         cancelled = CounterMetricFamily("chatterbox_cancelled_jobs", "Jobs stopped before their end, by reason "
-                                        "(client_gone, request_timeout, cancelled, shutting_down)", labels=["reason"])
+                                        "(client_gone, left_while_waiting, request_timeout, cancelled, shutting_down)", labels=["reason"])
         for reason, count in sorted(stats["cancelled"].items()):
             cancelled.add_metric([reason], float(count))
         yield cancelled
