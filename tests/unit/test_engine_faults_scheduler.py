@@ -92,3 +92,38 @@ def test_an_abort_after_the_end_changes_nothing():
     s.finish(r, RequestStatus.FINISHED_LENGTH)
     s.abort(r, client_gone())
     assert not r.cancel_requested and r.cancel_error is None and r.status is RequestStatus.FINISHED_LENGTH
+
+
+def test_a_cancelled_job_s_window_leaves_the_s3gen_lane_undecoded():
+    from chatterbox_worker.s3gen.lane import S3GenLane, Window
+
+    release, decoded = threading.Event(), []
+
+    def decode(windows):
+        decoded.extend(w.seed for w in windows)
+        release.wait(10)
+        return [w.seed for w in windows]
+
+    lane = S3GenLane(decode, max_batch=4)
+    busy = threading.Thread(target=lane.decode, args=(Window(tokens=[1], gen={}, seed=1, exact=True),))
+    busy.start()
+    while not decoded:
+        pass  # the first window holds the lane
+    scope, outcome = CancelScope(), {}
+
+    def waiting():
+        with scope_context(scope):
+            try:
+                lane.decode(Window(tokens=[1], gen={}, seed=2, exact=True))
+            except JobCancelled as exc:
+                outcome["error"] = exc
+
+    waiter = threading.Thread(target=waiting)
+    waiter.start()
+    while not lane._waiting:
+        pass  # the second window waits in line
+    scope.cancel(client_gone())
+    waiter.join(10)
+    release.set()
+    busy.join(10)
+    assert outcome["error"].reason == "client_gone" and decoded == [1]
