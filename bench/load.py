@@ -294,7 +294,7 @@ def sigterm(proc: subprocess.Popen, url: str, voices: list[str]) -> dict[str, An
     bodies = [speech_body(i, voices, stream=i % 2 == 1) for i in range(SIGTERM_REQUESTS)]
     with ThreadPoolExecutor(len(bodies)) as pool:
         futures = [pool.submit(one_request, url, body) for body in bodies]
-        while 'stat="in_flight"} 0.0' in httpx.get(url + "/metrics").text:
+        while engine_load(url).get("in_flight", 0) < 1:  # SIGTERM once a job holds a slot
             time.sleep(0.05)
         signalled = time.perf_counter()
         proc.send_signal(signal.SIGTERM)
