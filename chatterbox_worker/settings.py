@@ -136,6 +136,20 @@ class Settings(BaseSettings):
         1, ge=0, le=4,
         description="Sentence chunks of a stream whose speech tokens are drawn while earlier audio is sent (0: none)")
 
+    # -- load and faults -----------------------------------------------------------------
+    max_queued_requests: int = Field(
+        8, ge=0, le=10000,
+        description="Requests that may wait for a slot beyond the running ones; more are refused at once (HTTP 429)")
+    queue_timeout_s: float = Field(
+        60.0, gt=0, le=600,
+        description="Longest wait for a slot before a request is refused (HTTP 429 with Retry-After)")
+    request_timeout_s: float = Field(
+        270.0, gt=0, le=3600,
+        description="A job running longer is stopped with a clear error (with QUEUE_TIMEOUT_S, under RunPod's 5.5 min)")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="On SIGTERM, how long jobs in flight may finish before they are cancelled with an error")
+
     @field_validator("openai_voice_aliases")
     @classmethod
     def _aliases(cls, value: str) -> str:

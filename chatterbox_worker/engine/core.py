@@ -29,7 +29,8 @@ import threading
 
 import torch
 
-from chatterbox_worker.contract.errors import is_out_of_memory
+from chatterbox_worker.contract.errors import ServerError, is_out_of_memory
+from chatterbox_worker.engine.cancellation import current_scope
 from chatterbox_worker.engine.config import EngineConfig
 from chatterbox_worker.engine.model_runner import ModelRunner
 from chatterbox_worker.engine.recipes import RECIPES, Recipe
@@ -41,6 +42,12 @@ from chatterbox_worker.engine.stats import EngineCounters, EngineStats
 from chatterbox_worker.engine.streams import TokenStream
 
 logger = logging.getLogger(__name__)
+
+
+def job_fault(exc: BaseException) -> ServerError:
+    """The error a job failed alone by a fault of its own is handed: what broke, and that it was alone."""
+    return ServerError("generation", f"this job's speech-token decoding failed and it was stopped "
+                                     f"({type(exc).__name__}: {exc}); other jobs were not affected")
 
 
 class T3Engine:
@@ -149,16 +156,21 @@ class T3Engine:
             seed=params.seed if params.seed is not None else secrets.randbits(63),
             analyzer=self.recipe.make_analyzer(len_cond, n_text), outbox=TokenOutbox(flush_every),
             forced_tokens=list(forced_tokens) if forced_tokens is not None else None)
+        scope = current_scope()
+        if scope is not None:
+            scope.raise_if_cancelled()
         self.start()
         with self._lock:
             self.scheduler.add(request)
             self._lock.notify()
+        if scope is not None:  # a job nobody waits for leaves the batch at the next step
+            scope.on_cancel(lambda error: self.abort(request, error))
         return TokenStream(request, self.abort)
 
-    def abort(self, request: EngineRequest) -> None:
-        """Cancel a job; the loop ends it at its next step."""
+    def abort(self, request: EngineRequest, error: BaseException | None = None) -> None:
+        """Cancel a job; the loop ends it at its next step, handing its caller ``error`` if given."""
         with self._lock:
-            self.scheduler.abort(request)
+            self.scheduler.abort(request, error)
             self._lock.notify()
 
     # -- the loop -------------------------------------------------------------------------
@@ -168,23 +180,82 @@ class T3Engine:
         with self._lock:
             plan = self.scheduler.schedule()
         for request in plan.cancelled:
-            request.outbox.end()
+            self._close_cancelled(request)
         self.runner.move_rows(plan.row_moves)
         self._prefill(plan.admitted)
         ready = [r for r in self.scheduler.running if r.has_logits and not r.status.is_finished]
         if ready:
             for request, draw in zip(ready, self.sampler.sample(ready)):
                 self._accept(request, draw)
+        self._release_finished()
+        stepping = [r for r in self.scheduler.running if not r.has_logits]
+        if stepping:
+            self._decode(stepping)
+
+    def _release_finished(self) -> None:
         with self._lock:
             moves = self.scheduler.release_finished()
         self.runner.move_rows(moves)
+
+    def _decode(self, stepping: list[EngineRequest]) -> None:
+        """The batched decode step; a failure caused by one job's inputs is replayed without it.
+
+        A job's own inputs that can break the whole batch: a token outside the speech
+        vocabulary (a teacher-forced job's) or a position past the cache. Such a job is
+        failed alone and the step runs again for the others, whose KV rows the failed step
+        may have written at the same positions (a replay rewrites them identically). Any
+        other failure is the step's, handled by ``_recover``.
+        """
+        try:
+            self.runner.decode(stepping)
+            return
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            offenders = self._offenders(stepping)
+            if not offenders:
+                raise
+            logger.warning("T3 decode step failed (%s: %s); replaying it without %d job(s)",
+                           type(exc).__name__, exc, len(offenders))
+            for request in offenders:
+                self._fail_alone(request, job_fault(exc))
+        self._release_finished()
+        self.runner.reset_layout()
         stepping = [r for r in self.scheduler.running if not r.has_logits]
         if stepping:
             self.runner.decode(stepping)
 
+    def _offenders(self, stepping: list[EngineRequest]) -> list[EngineRequest]:
+        vocab = self.recipe.hp.speech_tokens_dict_size
+        return [r for r in stepping
+                if not 0 <= r.state.last_token < vocab or r.num_cached + 1 >= self.max_len]
+
+    def _fail_alone(self, request: EngineRequest, error: BaseException) -> None:
+        """Fail one job with ``error``, an error of its own; its neighbours go on."""
+        self.counters.faults += 1
+        self.scheduler.finish(request, RequestStatus.FINISHED_FAILED)
+        request.outbox.fail(error)
+
+    @staticmethod
+    def _close_cancelled(request: EngineRequest) -> None:
+        """Wake a cancelled job's caller: with its cancel scope's error, or with the end of its stream."""
+        if request.cancel_error is not None:
+            request.outbox.fail(request.cancel_error)
+        else:
+            request.outbox.end()
+
     def _prefill(self, admitted: list[EngineRequest]) -> None:
-        """Prefill each admitted job alone; one job's failure is that job's, out of memory is the step's."""
+        """Prefill each admitted job alone; one job's failure is that job's, out of memory is the step's.
+
+        A job cancelled while the ones before it were prefilled is not prefilled (a prefill
+        takes seconds on a CPU): it leaves now."""
         for i, request in enumerate(admitted):
+            if request.cancel_requested:
+                with self._lock:
+                    self.scheduler.finish(request, RequestStatus.FINISHED_CANCELLED)
+                    self.counters.cancelled += 1
+                self._close_cancelled(request)
+                continue
             self.runner.start(request)
             try:
                 self.runner.prefill(request)
@@ -194,11 +265,14 @@ class T3Engine:
                         self.scheduler.return_to_waiting(admitted[i + 1:])
                     raise
                 logger.exception("T3 prefill failed; failing that job")
-                self.scheduler.finish(request, RequestStatus.FINISHED_FAILED)
-                request.outbox.fail(exc)
+                self._fail_alone(request, exc)
 
     def _accept(self, request: EngineRequest, draw: Draw) -> None:
         """Take a job's draw: remember it, end the job on its stop token or cap, else hand it over."""
+        if isinstance(draw, BaseException):
+            logger.warning("T3 job failed alone while sampling: %s: %s", type(draw).__name__, draw)
+            self._fail_alone(request, job_fault(draw))
+            return
         if isinstance(draw, RequestStatus):
             self._end(request, draw)
             return

@@ -113,6 +113,10 @@ class ModelRunner:
     def release(self) -> None:
         self.kv_cache.release()
 
+    def reset_layout(self) -> None:
+        """Rebuild the row tensors at the next decode (after a step that failed part-way)."""
+        self._layout = _RowLayout()
+
     def move_rows(self, moves: Sequence[RowMove]) -> None:
         if moves:
             self.kv_cache.move_rows(moves)

@@ -102,6 +102,7 @@ class EngineRequest:
     request_id: int = field(default_factory=lambda: next(_REQUEST_IDS))
     status: RequestStatus = RequestStatus.WAITING
     cancel_requested: bool = False
+    cancel_error: BaseException | None = None  # handed to the caller when a cancel scope ended it
     retries: int = 0
     row0: int = 0  # its first row in the KV cache
     num_cached: int = 0  # positions of its rows the cache holds

@@ -2,11 +2,12 @@
 
 Contract (everything here runs under the engine's lock, and nothing here needs torch):
 
-* ``add(request)`` queues a WAITING request (first in, first out); ``abort(request)`` asks
-  for its cancellation, which the next ``schedule()`` carries out.
-* ``schedule()`` is called once per engine step. It ends the cancelled requests (waiting
-  ones are listed in ``SchedulerOutput.cancelled``, so that the engine closes their
-  streams; running ones just leave), moves the rows of the running requests down over the
+* ``add(request)`` queues a WAITING request (first in, first out); ``abort(request, error)``
+  asks for its cancellation, which the next ``schedule()`` carries out; ``error``, when
+  given, is what the request's caller is handed instead of its end of stream.
+* ``schedule()`` is called once per engine step. It ends the cancelled requests, waiting
+  and running, and lists them in ``SchedulerOutput.cancelled`` so that the engine closes
+  their streams (a running one's rows are freed in the same step); it moves the rows of the running requests down over the
   gaps of the finished ones (``row_moves``, which the runner must apply to the KV cache
   before anything else), and admits waiting requests in order while both bounds allow:
   at most ``max_jobs`` running requests and at most ``max_rows`` KV-cache rows. An
@@ -68,8 +69,11 @@ class Scheduler:
         self.waiting.append(request)
         self.counters.jobs += 1
 
-    def abort(self, request: EngineRequest) -> None:
+    def abort(self, request: EngineRequest, error: BaseException | None = None) -> None:
+        if request.status.is_finished or request.cancel_requested:
+            return
         request.cancel_requested = True
+        request.cancel_error = error
 
     @property
     def has_work(self) -> bool:
@@ -86,6 +90,8 @@ class Scheduler:
         for request in self.running:
             if request.cancel_requested and not request.status.is_finished:
                 request.status = RequestStatus.FINISHED_CANCELLED
+                out.cancelled.append(request)
+        self.counters.cancelled += len(out.cancelled)
         out.row_moves = self.release_finished()
         out.admitted = self._admit()
         return out

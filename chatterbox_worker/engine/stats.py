@@ -17,6 +17,8 @@ class EngineCounters:
     oom_failures: int = 0
     max_batch_jobs: int = 0
     graph_replays: int = 0
+    cancelled: int = 0  # jobs that left before their end (closed stream, cancel scope)
+    faults: int = 0  # jobs failed alone by an error of their own, beside healthy neighbours
 
     def note_batch(self, n_jobs: int) -> None:
         self.steps += 1
@@ -34,6 +36,8 @@ class EngineStats:
     oom_failures: int
     max_batch_jobs: int
     graph_replays: int
+    cancelled: int
+    faults: int
     active_jobs: int
     pending_jobs: int
     max_jobs: int  # after any out-of-memory halvings

@@ -18,6 +18,7 @@ threads, so requests overlap and the model's engine batches them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from fastapi import FastAPI, Request
@@ -32,6 +33,7 @@ from chatterbox_worker.http.request_metrics import RequestMetricsMiddleware
 from chatterbox_worker.http.responses import error_response
 from chatterbox_worker.http.routers import health, jobs, metrics, models, playground, speech, voices
 from chatterbox_worker.serving import bootstrap
+from chatterbox_worker.serving.shutdown import SHUTDOWN_SIGNALS, start_shutdown
 from chatterbox_worker.settings import get_settings, mb_to_bytes
 
 logger = logging.getLogger("chatterbox_worker.http")
@@ -56,6 +58,7 @@ def create_app(worker_source: WorkerSource | None = None, *, load_on_start: bool
     app = FastAPI(title="Chatterbox TTS worker", docs_url=None, redoc_url=None)
     app.state.worker_state = state
     http_metrics.watch_worker(lambda: state.worker)
+    http_metrics.watch_gate(lambda: getattr(app.state, "gate", None))
     if load_on_start:
         app.router.on_startup.append(state.start_loading)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -75,14 +78,41 @@ def health_app(state: WorkerState) -> FastAPI:
     return app
 
 
-async def serve(app_to_serve: FastAPI, state: WorkerState, *, host: str, port: int, health_port: int) -> None:
-    """Serve the app on ``port``, and ``/ping`` alone on ``health_port`` when it differs."""
+def _server(app_to_serve: FastAPI, host: str, port: int):
+    """A uvicorn server that leaves SIGTERM to :func:`serve` (uvicorn would stop at once and
+    then re-raise the signal, so the process would not exit 0)."""
     import uvicorn
 
-    servers = [uvicorn.Server(uvicorn.Config(app_to_serve, host=host, port=port, log_level="warning",
-                                             access_log=False))]
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
+    return Server(uvicorn.Config(app_to_serve, host=host, port=port, log_level="warning", access_log=False))
+
+
+async def serve(app_to_serve: FastAPI, state: WorkerState, *, host: str, port: int, health_port: int) -> None:
+    """Serve the app on ``port``, and ``/ping`` alone on ``health_port`` when it differs.
+
+    SIGTERM or SIGINT shuts down gracefully (``serving.shutdown``): new requests get 503
+    with ``Retry-After`` while the jobs in flight finish within ``SHUTDOWN_GRACE_S``; the
+    rest are cancelled with a clear error; the conditionals cache is flushed; the servers
+    then stop and the call returns (exit 0)."""
+    servers = [_server(app_to_serve, host, port)]
     if health_port != port:
-        servers.append(uvicorn.Server(uvicorn.Config(health_app(state), host=host, port=health_port,
-                                                     log_level="warning", access_log=False)))
+        servers.append(_server(health_app(state), host, health_port))
+
+    def stop_servers() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    def on_signal() -> None:
+        logger.info("HTTP mode: shutting down")
+        start_shutdown(getattr(app_to_serve.state, "gate", None), lambda: getattr(state.worker, "cache", None),
+                       then=stop_servers)
+
+    loop = asyncio.get_running_loop()
+    for sig in SHUTDOWN_SIGNALS:
+        loop.add_signal_handler(sig, on_signal)
     logger.info("HTTP mode: serving on %s:%d (health on %d)", host, port, health_port)
     await asyncio.gather(*(server.serve() for server in servers))

@@ -111,7 +111,45 @@ class WorkerCollector:
         yield s3gen
 
 
+class GateCollector:
+    """Reads the job gate's admission counts and cancels at scrape time."""
+
+    def __init__(self, gate_source: Callable[[], Any | None]):
+        self._gate_source = gate_source
+
+    def describe(self):
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        gate = self._gate_source()
+        if gate is None:
+            return
+        stats = gate.stats()
+        admission = GaugeMetricFamily("chatterbox_admission", "Admission: in_flight, waiting (now), their bounds, and "
+                                      "admitted, shed (429 at once), timed_out (429 after QUEUE_TIMEOUT_S), "
+                                      "refused_shutting_down (503) since start", labels=["stat"])
+        for name, value in sorted(stats.items()):
+            if isinstance(value, (int, float)):
+                admission.add_metric([name], float(value))
+        yield admission
+        cancelled = CounterMetricFamily("chatterbox_cancelled_jobs", "Jobs stopped before their end, by reason "
+                                        "(client_gone, left_while_waiting, request_timeout, cancelled, shutting_down)", labels=["reason"])
+        for reason, count in sorted(stats["cancelled"].items()):
+            cancelled.add_metric([reason], float(count))
+        yield cancelled
+
+
 _collector: WorkerCollector | None = None
+_gate_collector: GateCollector | None = None
+
+
+def watch_gate(gate_source: Callable[[], Any | None]) -> None:
+    """Report this job gate's admission counts (the latest call wins)."""
+    global _gate_collector
+    if _gate_collector is not None:
+        REGISTRY.unregister(_gate_collector)
+    _gate_collector = GateCollector(gate_source)
+    REGISTRY.register(_gate_collector)
 
 
 def watch_worker(worker_source: Callable[[], Any | None]) -> None:

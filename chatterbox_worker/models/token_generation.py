@@ -21,6 +21,7 @@ from chatterbox.models.t3.modules.cond_enc import T3Cond
 from chatterbox.tts import Conditionals
 
 from chatterbox_worker.engine import EngineConfig, SamplingParams, T3Engine, TokenStream
+from chatterbox_worker.engine.cancellation import raise_if_cancelled
 from chatterbox_worker.models.options import GenerationOptions
 from chatterbox_worker.models.registry import VariantSpec
 from chatterbox_worker.models.s3gen_windows import SPEECH_VOCAB_SIZE, decode_window, stream_windows
@@ -186,6 +187,7 @@ class EngineGenerationMixin:
         note_memory_retries(tokens_stream.retries)  # the engine replayed the job after running out of memory
         if job.cut_at_start_token and SPEECH_START_TOKEN in tokens:
             tokens = tokens[tokens.index(SPEECH_START_TOKEN) + 1:]
+        raise_if_cancelled()  # a job nobody waits for skips its S3Gen decode
         wav = decode_window(self, tokens, 0, job.gen, tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps,
                             seed=job.params.seed, exact_seed=job.exact_seed)
         return self._watermark(wav) if options.watermark else wav
@@ -219,9 +221,11 @@ class EngineGenerationMixin:
         if tokens is None:
             tokens = self.speech_tokens(job, flush_every=_flush_every(chunk_size, first_chunk_size))
         try:
-            yield from stream_windows(self, tokens, job.gen, chunk_size=chunk_size, watermark=watermark,
+            for wav in stream_windows(self, tokens, job.gen, chunk_size=chunk_size, watermark=watermark,
                                       tail=job.tail, n_cfm_timesteps=job.n_cfm_timesteps, seed=job.params.seed,
-                                      exact_seed=job.exact_seed, first_chunk_size=first_chunk_size)
+                                      exact_seed=job.exact_seed, first_chunk_size=first_chunk_size):
+                yield wav
+                raise_if_cancelled()  # before the next window's S3Gen decode
         finally:
             tokens.close()  # a consumer that stops early cancels the job in the engine
             note_memory_retries(tokens.retries)

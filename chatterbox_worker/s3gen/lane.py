@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatterbox_worker.contract.errors import is_out_of_memory
+from chatterbox_worker.engine.cancellation import current_scope
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ class Window:
     error: BaseException | None = None
     done: bool = False
     batch_size: int = field(default=0, repr=False)
+    # The job's cancel scope: a window whose job is cancelled leaves the line undecoded.
+    scope: Any = field(default=None, repr=False)
+
+    @property
+    def abandoned(self) -> bool:
+        return self.scope is not None and self.scope.cancelled
 
 
 def _shape(value: Any) -> tuple | None:
@@ -80,17 +87,32 @@ class S3GenLane:
             return {**self._stats, "max_batch": self.max_batch}
 
     def decode(self, window: Window) -> Any:
-        """The window's audio, decoded by this thread or by the one whose call took it along."""
+        """The window's audio, decoded by this thread or by the one whose call took it along.
+
+        A window whose job is cancelled while it waits leaves the line with the scope's error."""
+        window.scope = current_scope()
+        if window.scope is not None:
+            window.scope.raise_if_cancelled()
+            unregister = window.scope.on_cancel(lambda error: self._wake())
         with self._cond:
             self._waiting.append(window)
-            while self._busy and not window.done:
+            while self._busy and not window.done and not window.abandoned:
                 self._cond.wait()
+            if window.abandoned and not window.done:
+                self._waiting.remove(window)
+                raise window.scope.error
             batch = None if window.done else self._take(window)
+        if window.scope is not None:
+            unregister()
         if batch is not None:
             self._run(batch)
         if window.error is not None:
             raise window.error
         return window.result
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def _take(self, first: Window) -> list[Window]:
         """Called with the lock held: ``first`` and the waiting windows that can share its call."""
@@ -98,7 +120,7 @@ class S3GenLane:
         for other in self._waiting:
             if len(batch) >= self.max_batch:
                 break
-            if other is not first and can_share(first, other):
+            if other is not first and not other.abandoned and can_share(first, other):
                 batch.append(other)
         for window in batch:
             self._waiting.remove(window)

@@ -25,7 +25,7 @@ import collections
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 # Before any job has finished, a client is told to come back after this long.
@@ -102,6 +102,21 @@ class AdmissionController:
             yield
         finally:
             self._release(time.monotonic() - started)
+
+    async def acquire(self) -> Callable[[], None]:
+        """Wait for a slot as :meth:`admit` does; returns the call that gives it back (idempotent).
+
+        For a job whose slot outlives one block (a streamed response)."""
+        await self._acquire()
+        started = time.monotonic()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._release(time.monotonic() - started)
+        return release
 
     def close(self) -> None:
         """Admit nothing more; everyone in line is refused with :class:`ShuttingDown`."""

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from chatterbox_worker import operations
+from chatterbox_worker.http.lifecycle import app_gate, enter_watched, refusal_response, run_watched
 from chatterbox_worker.http.readiness import WorkerState, worker_state
 from chatterbox_worker.http.request_metrics import label_request
 from chatterbox_worker.http.responses import error_response, read_json
-from chatterbox_worker.serving.async_bridge import run_blocking
+from chatterbox_worker.serving.admission import AdmissionRefused
 from chatterbox_worker.serving.jobs import attempt, is_openai_route
 
 router = APIRouter()
@@ -34,10 +35,17 @@ async def jobs(request: Request, state: Annotated[WorkerState, Depends(worker_st
     try:
         body = await read_json(request)
         worker = state.require()
+        job_input = body.get("input") if isinstance(body, dict) else None
+        label_request(request, job_route(job_input))
+        gate = app_gate(request.app, worker)
+        ticket = await enter_watched(request, gate)
+    except AdmissionRefused as exc:
+        return refusal_response(exc)
     except Exception as exc:
         return error_response(exc)
-    job_input = body.get("input") if isinstance(body, dict) else None
-    label_request(request, job_route(job_input))
-    outcome = await run_blocking(attempt, job_input, lambda: worker)
+    try:  # attempt() answers every failure of the job, a cancel included
+        outcome = await run_watched(request, gate, ticket, attempt, job_input, lambda: worker)
+    finally:
+        ticket.close()
     status = outcome.failure.job_status if outcome.failure is not None else OK_STATUS
     return JSONResponse(outcome.result, status_code=status)

@@ -13,7 +13,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
+from chatterbox_worker.engine.cancellation import CancelScope, client_gone
 from chatterbox_worker.http import openai_api
+from chatterbox_worker.http.lifecycle import app_gate, enter_watched, gated_items, refusal_response, run_watched
 from chatterbox_worker.http.openai_speech import (
     SpeechRequest,
     parse_speech_request,
@@ -25,7 +27,9 @@ from chatterbox_worker.http.openai_speech import (
 from chatterbox_worker.http.readiness import WorkerState, worker_state
 from chatterbox_worker.http.request_metrics import metered
 from chatterbox_worker.http.responses import error_response, read_json
-from chatterbox_worker.serving.async_bridge import run_blocking, stream_from_thread
+from chatterbox_worker.serving.admission import AdmissionRefused
+from chatterbox_worker.serving.async_bridge import stream_from_thread
+from chatterbox_worker.serving.gate import JobTicket
 
 router = APIRouter()
 
@@ -40,10 +44,12 @@ class Ready:
     seed: int
 
 
-async def open_stream(produce: Callable[[], Any]) -> tuple[Ready, AsyncIterator[Any]]:
-    """Start ``produce`` on a thread; return its items once the first one (the ready mark)
-    has arrived, so a request that fails while preparing still gets a proper error status."""
-    items = stream_from_thread(produce).__aiter__()
+async def open_stream(produce: Callable[[], Any], scope: CancelScope | None = None,
+                      on_leave: Callable[[], None] | None = None) -> tuple[Ready, AsyncIterator[Any]]:
+    """Start ``produce`` on a thread (inside ``scope``); return its items once the first one
+    (the ready mark) has arrived, so a request that fails while preparing still gets a
+    proper error status. ``on_leave`` runs if the consumer stops before the end."""
+    items = stream_from_thread(produce, scope, on_leave).__aiter__()
     first = await items.__anext__()
     if not isinstance(first, Ready):
         raise RuntimeError("stream did not start with its ready mark")
@@ -68,15 +74,31 @@ def whole_clip(state: WorkerState, speech: SpeechRequest) -> tuple[bytes, int]:
     return synthesize(state.require(), prepared), prepared.job.seed
 
 
+async def streamed(request: Request, state: WorkerState, speech_request: SpeechRequest, ticket: JobTicket) -> Response:
+    """The stream's response once it has started; its slot is held until its last piece."""
+    gate = request.app.state.gate
+    ready, items = await open_stream(speech_producer(state, speech_request), ticket.scope,
+                                     on_leave=lambda: gate.cancel(ticket.scope, client_gone()))
+    return StreamingResponse(gated_items(items, ticket), media_type=speech_request.mime_type,
+                             headers={**STREAM_HEADERS, SEED_HEADER: str(ready.seed)})
+
+
 @router.post(openai_api.SPEECH_ROUTE, dependencies=[metered("speech")])
 async def speech(request: Request, state: Annotated[WorkerState, Depends(worker_state)]) -> Response:
     try:
         speech_request = parse_speech_request(await read_json(request))
-        if not speech_request.streamed:
-            data, seed = await run_blocking(whole_clip, state, speech_request)
-            return Response(data, media_type=speech_request.mime_type, headers={SEED_HEADER: str(seed)})
-        ready, items = await open_stream(speech_producer(state, speech_request))
+        gate = app_gate(request.app, state.require())
+        ticket = await enter_watched(request, gate)
+    except AdmissionRefused as exc:
+        return refusal_response(exc)
     except Exception as exc:
         return error_response(exc)
-    return StreamingResponse(items, media_type=speech_request.mime_type,
-                             headers={**STREAM_HEADERS, SEED_HEADER: str(ready.seed)})
+    try:
+        if speech_request.streamed:
+            return await streamed(request, state, speech_request, ticket)
+        data, seed = await run_watched(request, gate, ticket, whole_clip, state, speech_request)
+    except Exception as exc:
+        ticket.close()
+        return error_response(exc)
+    ticket.close()
+    return Response(data, media_type=speech_request.mime_type, headers={SEED_HEADER: str(seed)})

@@ -1,0 +1,194 @@
+"""Fault isolation and cancellation in the T3 decode engine, with a tiny real T3 (seconds).
+
+Each test puts one faulty job beside healthy ones in the same batch: the faulty job fails
+alone with a clear error, the engine goes on, and every healthy seeded job draws exactly
+the tokens of its solo run. A cancel scope stops its job at the next step.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from chatterbox_worker.contract.errors import ServerError
+from chatterbox_worker.engine import EngineConfig, SamplingParams, T3Engine
+from chatterbox_worker.engine.cancellation import CancelScope, JobCancelled, client_gone, scope_context
+from chatterbox_worker.testing.tiny_t3 import build_tiny_t3, tiny_conditionals, tiny_text_tokens
+
+pytestmark = pytest.mark.integration
+
+TOKENS = 12
+MARKED_TEMPERATURE = 0.77  # the faulty job's sampling settings mark its row for the injected fault
+LONG_JOB_TOKENS = 400
+LEAVE_DEADLINE_S = 10
+
+
+def params(seed: int, temperature: float = 0.8, n: int = TOKENS) -> SamplingParams:
+    return SamplingParams(max_new_tokens=n, seed=seed, temperature=temperature, cfg_weight=0.5,
+                          repetition_penalty=1.2, min_p=0.05, top_p=1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    t3 = build_tiny_t3("standard", layers=2)
+    engine = T3Engine(t3, "standard", EngineConfig(max_slots=4, max_context_tokens=512))
+    cond = tiny_conditionals(t3)
+    healthy = [(cond, tiny_text_tokens(t3, seed=i), params(seed=i)) for i in range(3)]
+    solo = [list(engine.submit(*job)) for job in healthy]
+    yield t3, engine, cond, healthy, solo
+    engine.stop()
+
+
+def run_all(engine: T3Engine, jobs: list[tuple], forced: dict[int, list[int]] | None = None) -> list:
+    """Submit every job at once from its own thread (so they share steps); tokens or the error, per job."""
+    results: list = [None] * len(jobs)
+    barrier = threading.Barrier(len(jobs))
+
+    def run(i: int, job: tuple) -> None:
+        barrier.wait()
+        try:
+            results[i] = list(engine.submit(*job, forced_tokens=(forced or {}).get(i)))
+        except Exception as exc:  # the faulty job's error, for the test to inspect
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, job)) for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def assert_isolated(engine: T3Engine, results: list, solo: list, faulty: int) -> None:
+    healthy = [r for i, r in enumerate(results) if i != faulty]
+    assert isinstance(results[faulty], ServerError), results[faulty]
+    assert "other jobs were not affected" in str(results[faulty])
+    assert healthy == solo  # the neighbours drew exactly their solo tokens
+    assert engine.stats().active_jobs == 0
+
+
+def test_an_exception_in_one_job_s_processing_fails_it_alone(tiny, monkeypatch):
+    t3, engine, cond, healthy, solo = tiny
+    process = engine.recipe.process
+
+    def failing_for_the_marked_row(logits, batch):
+        if bool((batch.temperature == MARKED_TEMPERATURE).any()):  # the batch, then its row alone
+            raise RuntimeError("injected processor failure")
+        return process(logits, batch)
+
+    monkeypatch.setattr(engine.recipe, "process", failing_for_the_marked_row)
+    faulty = (cond, tiny_text_tokens(t3, seed=9), params(seed=9, temperature=MARKED_TEMPERATURE))
+    results = run_all(engine, [healthy[0], faulty, healthy[1], healthy[2]])
+    assert_isolated(engine, results, solo, faulty=1)
+    assert "injected processor failure" in str(results[1])
+
+
+def test_nan_in_one_row_s_logits_fails_that_job_alone(tiny, monkeypatch):
+    t3, engine, cond, healthy, solo = tiny
+    decode = engine.runner.decode
+
+    def nan_for_the_marked_job(requests):
+        decode(requests)
+        for request in requests:
+            if request.params.temperature == MARKED_TEMPERATURE:
+                request.state.logits = torch.full_like(request.state.logits, float("nan"))
+
+    monkeypatch.setattr(engine.runner, "decode", nan_for_the_marked_job)
+    faulty = (cond, tiny_text_tokens(t3, seed=9), params(seed=9, temperature=MARKED_TEMPERATURE))
+    results = run_all(engine, [healthy[0], healthy[1], faulty, healthy[2]])
+    assert_isolated(engine, results, solo, faulty=2)
+    assert "NaN" in str(results[2])
+
+
+def test_a_token_that_breaks_the_whole_step_is_replayed_without_its_job(tiny):
+    """A teacher-forced token outside the vocabulary breaks the batched embedding lookup."""
+    t3, engine, cond, healthy, solo = tiny
+    faulty = (cond, tiny_text_tokens(t3, seed=9), params(seed=9))
+    bad = [1, 2, t3.hp.speech_tokens_dict_size + 5, 3]
+    faults_before = engine.stats().faults
+    results = run_all(engine, [healthy[0], healthy[1], healthy[2], faulty], forced={3: bad})
+    assert_isolated(engine, results, solo, faulty=3)
+    assert engine.stats().faults == faults_before + 1
+
+
+def test_a_too_short_text_beside_healthy_jobs(tiny):
+    """Only the start and stop text tokens: the job runs or fails alone; the others are unchanged."""
+    t3, engine, cond, healthy, solo = tiny
+    empty_text = torch.tensor([[t3.hp.start_text_token, t3.hp.stop_text_token]])
+    results = run_all(engine, [healthy[0], (cond, empty_text, params(seed=5)), healthy[1], healthy[2]])
+    assert [r for i, r in enumerate(results) if i != 1] == solo
+    assert isinstance(results[1], (list, ServerError))
+    assert engine.stats().active_jobs == 0
+
+
+def test_a_cancelled_scope_stops_its_job_at_the_next_step(tiny):
+    t3, engine, cond, healthy, solo = tiny
+    scope = CancelScope()
+    with scope_context(scope):
+        stream = engine.submit(cond, tiny_text_tokens(t3, seed=3), params(seed=3, n=LONG_JOB_TOKENS), flush_every=1)
+    tokens = iter(stream)
+    first = next(tokens)
+    cancelled_before = engine.stats().cancelled
+    scope.cancel(client_gone())
+    with pytest.raises(JobCancelled, match="client closed"):
+        list(tokens)
+    deadline = time.monotonic() + LEAVE_DEADLINE_S
+    while engine.stats().active_jobs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert isinstance(first, int) and engine.stats().active_jobs == 0
+    assert engine.stats().cancelled == cancelled_before + 1
+    assert run_all(engine, healthy) == solo  # the engine goes on serving
+
+
+def test_a_scope_cancelled_before_submit_refuses_the_job(tiny):
+    t3, engine, cond, _, _ = tiny
+    scope = CancelScope()
+    scope.cancel(client_gone())
+    with scope_context(scope), pytest.raises(JobCancelled):
+        engine.submit(cond, tiny_text_tokens(t3), params(seed=1))
+    assert engine.stats().pending_jobs == 0
+
+
+def test_real_model_a_nan_job_fails_alone_and_its_neighbours_audio_equals_their_solo_runs(model, monkeypatch):
+    """The real standard model, through ``synthesize``: T3 and S3Gen for the healthy jobs."""
+    import numpy as np
+
+    from chatterbox_worker.testing.demo_library import REPO_ROOT
+    from optimized_voice_library import OptimizedVoiceLibrary
+
+    v = OptimizedVoiceLibrary(REPO_ROOT).get_voice_audio_by_name("Bella")
+    conds = model.prepare_conditionals_from_array(v.samples[: int(3.0 * v.sample_rate)].copy(), v.sample_rate)
+    calls = [("One two.", 1), ("Three four.", 2)]
+    solo = [model.synthesize(t, conditionals=conds, options=model.options(seed=s, max_new_tokens=4, watermark=False))
+            for t, s in calls]
+    engine = model.engine
+    decode = engine.runner.decode
+
+    def nan_for_seed_99(requests):
+        decode(requests)
+        for request in requests:
+            if request.seed == 99:
+                request.state.logits = torch.full_like(request.state.logits, float("nan"))
+
+    monkeypatch.setattr(engine.runner, "decode", nan_for_seed_99)
+    results: list = [None] * 3
+    jobs = [*calls[:1], ("Faulty.", 99), *calls[1:]]
+
+    def run(i: int) -> None:
+        text, seed = jobs[i]
+        try:
+            results[i] = model.synthesize(text, conditionals=conds,
+                                          options=model.options(seed=seed, max_new_tokens=4, watermark=False))
+        except Exception as exc:  # the faulty job's error
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(results[1], ServerError) and "NaN" in str(results[1])
+    assert np.array_equal(results[0], solo[0]) and np.array_equal(results[2], solo[1])
+    assert engine.stats().active_jobs == 0

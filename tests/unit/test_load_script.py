@@ -1,0 +1,32 @@
+"""The short version of the load benchmark, on the stepped stub: every phase runs and its
+outcome counts hold (the figures themselves are the benchmark's, not asserted here)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_S = 300
+
+
+def test_the_load_benchmark_s_short_version(tmp_path):
+    out = tmp_path / "load.json"
+    run = subprocess.run([sys.executable, "bench/load.py", "--stub", "--out", str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(out.read_text())
+    flood = report["flood"]
+    assert flood["requests"] == flood["served"] + flood["shed_429"] + flood["unavailable_503"]
+    assert flood["failed"] == 0 and flood["connection_errors"] == 0 and flood["every_refusal_has_retry_after"]
+    assert flood["served"] >= 2 and flood["shed_429"] > 0  # 2 slots and a wait of 4, 40 requests
+    assert flood["ping_port"]["failures"] == 0 and flood["ping_health_port"]["failures"] == 0
+    abandon = report["abandon"]
+    assert abandon["next_status"] == 200 and abandon["clips_timed_out_client_side"] > 0
+    assert any('reason="client_gone"' in line for line in abandon["cancelled_counts"])
+    sigterm = report["sigterm"]
+    assert sigterm["exit_code"] == 0 and sigterm["every_client_answered"]
+    assert all(o.endswith(":audio") or o.startswith("503:") for o in sigterm["outcomes"]), sigterm["outcomes"]
+    assert report["queue_cancel"]["gate"] == {"cancelled": 1}
+    assert "flood: requests" in run.stdout  # the table
