@@ -30,3 +30,16 @@ def test_the_load_benchmark_s_short_version(tmp_path):
     assert all(o.endswith(":audio") or o.startswith("503:") for o in sigterm["outcomes"]), sigterm["outcomes"]
     assert report["queue_cancel"]["gate"] == {"cancelled": 1}
     assert "flood: requests" in run.stdout  # the table
+
+
+def test_the_load_sweep_sheds_what_the_gate_cannot_take_and_draws_its_plot(tmp_path):
+    out, picture = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    run = subprocess.run([sys.executable, "bench/load_sweep.py", "--stub", "--levels", "1,12", "--out", str(out),
+                          "--plot", str(picture)], cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert run.returncode == 0, run.stdout + run.stderr
+    small, large = json.loads(out.read_text())["levels"]
+    assert (small["offered"], small["served"], small["shed_rate"]) == (1, 1, 0.0)
+    # 2 slots and 4 places in line (bench/load.py): 12 at once leave at least 6 to shed.
+    assert large["failed"] == 0 and large["served"] + large["shed_429"] + large["unavailable_503"] == 12
+    assert large["shed_429"] >= 6 and large["every_refusal_has_retry_after"]
+    assert picture.read_bytes().startswith(b"\x89PNG")
