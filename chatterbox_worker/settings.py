@@ -1,14 +1,19 @@
 """Every environment variable the worker reads, in one typed object built once at start-up.
 
-Nothing else in the worker reads ``os.environ``. Each setting has its default, its bounds
+Nothing else in the package reads or writes ``os.environ``: the few variables the worker and
+its testing kit set for the libraries they load, or for a child process, go through the
+functions at the end of this module. Each setting has its default, its bounds
 and a one-line description (the README's configuration table lists exactly these). A bad
 value stops start-up with a :class:`SettingsError` that names the variable; the handler
 then answers every job with that message.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
@@ -24,6 +29,9 @@ _OFF = ("off", "none", "0", "false")
 # this many into shared steps; on a CPU more jobs only queue for the same cores.
 GPU_CONCURRENT_JOBS = 8
 CPU_CONCURRENT_JOBS = 2
+# Set for the libraries the worker's tools load: weights are local (no model-hub calls) and
+# logs carry no progress bars.
+LIBRARY_ENV_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
 
 
 class SettingsError(ValueError):
@@ -150,6 +158,11 @@ class Settings(BaseSettings):
         30.0, ge=0, le=3600,
         description="On SIGTERM, how long jobs in flight may finish before they are cancelled with an error")
 
+    # -- testing kit -------------------------------------------------------------------
+    chatterbox_ckpt_cache: str = Field(
+        "~/.cache/chatterbox-worker/checkpoints",
+        description="Where the random-weights checkpoints of tests and benchmarks are cached (never in an image)")
+
     @field_validator("openai_voice_aliases")
     @classmethod
     def _aliases(cls, value: str) -> str:
@@ -248,3 +261,30 @@ def reload_settings() -> Settings:
 
 def mb_to_bytes(megabytes: float) -> int:
     return int(megabytes * MB)
+
+
+def set_library_env_defaults() -> None:
+    """LIBRARY_ENV_DEFAULTS in this process, where the caller has not set them."""
+    for name, value in LIBRARY_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """The environment for a child process: this one's, LIBRARY_ENV_DEFAULTS where unset,
+    then ``overrides``."""
+    return {**LIBRARY_ENV_DEFAULTS, **os.environ, **overrides}
+
+
+@contextlib.contextmanager
+def environment_overrides(**values: str) -> Iterator[None]:
+    """Set ``values`` in this process's environment for the block, then put back what was."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

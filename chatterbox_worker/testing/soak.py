@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import random
 import shutil
 import tempfile
@@ -28,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from chatterbox_worker.settings import environment_overrides
 from chatterbox_worker.testing.demo_library import copy_demo_library
 from chatterbox_worker.testing.jobs import Job, JobFactory, Payloads
 from chatterbox_worker.testing.stub_worker import stub_worker
@@ -42,7 +42,6 @@ PROGRESS_EVERY = 50
 # a leak of one per job would blow far past this over hundreds of jobs.
 FD_SLACK = 3
 MIB = 1024 * 1024
-ENV_SET_BY_SOAK = ("TMPDIR", "VOICE_LIBRARY_DIR", "CONDITIONALS_CACHE_DIR")
 TEMP_FILE_PREFIX = ".tmp-"  # what the library and the conditionals cache name their temp files
 CACHE_FLUSH_TIMEOUT_S = 30
 
@@ -188,20 +187,14 @@ def sandbox(keep: bool) -> Iterator[Sandbox]:
     box = Sandbox(root, copy_demo_library(root / "library"), root / "conditionals", root / "tmp")
     box.job_tmp.mkdir()
     saved_tempdir = tempfile.tempdir
-    saved_env = {name: os.environ.get(name) for name in ENV_SET_BY_SOAK}
     try:
         # Every temp file the worker makes (tempfile.* without dir=) lands here, so one left
         # behind is visible; the shared /tmp would hide it among other processes' files.
         tempfile.tempdir = str(box.job_tmp)
-        os.environ["TMPDIR"] = str(box.job_tmp)
-        yield box
+        with environment_overrides(TMPDIR=str(box.job_tmp)):
+            yield box
     finally:
         tempfile.tempdir = saved_tempdir
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         if keep:
             logger.info("kept the soak directory %s", root)
         else:

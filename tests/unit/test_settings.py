@@ -9,11 +9,8 @@ import pytest
 from chatterbox_worker.settings import Settings, SettingsError, get_settings
 
 REPO = Path(__file__).resolve().parents[2]
-# Modules that hold the worker's code (scripts, benchmarks, tests and the testing kit may set
-# variables).
-TESTING_KIT = REPO / "chatterbox_worker" / "testing"
-WORKER_CODE = sorted(p for p in [*REPO.glob("*.py"), *REPO.glob("chatterbox_worker/**/*.py")]
-                     if not p.is_relative_to(TESTING_KIT))
+# The worker's code and its testing kit (scripts, benchmarks and tests may set variables).
+WORKER_CODE = sorted([*REPO.glob("*.py"), *REPO.glob("chatterbox_worker/**/*.py")])
 ENV_READ = re.compile(r"os\.environ|os\.getenv|getenv\(")
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from chatterbox_worker.settings import set_library_env_defaults
 from chatterbox_worker.testing.random_checkpoint.key import cache_key, package_version
 from chatterbox_worker.testing.random_checkpoint.layout import (
     COMPLETE_MARKER,
@@ -50,7 +50,7 @@ def build_variant(variant: str, dest: Path, seed: int = 0) -> None:
     ``.complete`` marker is written last, after the checkpoint has been loaded back."""
     check_variant(variant)
     dest = Path(dest)
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    set_library_env_defaults()
     logger.info("building the %s checkpoint (seed %d) in %s", variant, seed, dest)
     started = time.perf_counter()
     # Library code prints progress (e.g. the watermarker); keep stdout for the paths.

@@ -13,14 +13,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from chatterbox_worker.settings import Settings, child_environment
 from chatterbox_worker.testing.random_checkpoint.builders import build_variant
 from chatterbox_worker.testing.random_checkpoint.key import cache_key
 from chatterbox_worker.testing.random_checkpoint.layout import COMPLETE_MARKER, check_variant, expected_files
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "CHATTERBOX_CKPT_CACHE"
-DEFAULT_CACHE_DIR = "~/.cache/chatterbox-worker/checkpoints"
+CACHE_ENV = Settings.env_name("chatterbox_ckpt_cache")
+DEFAULT_CACHE_DIR = Settings.model_fields["chatterbox_ckpt_cache"].default
+
 # The child interpreter runs this package's command line; its parent folder (the source
 # tree's root) goes on its PYTHONPATH, so the call works from any working directory.
 CLI_MODULE = "chatterbox_worker.testing.random_checkpoint"
@@ -28,7 +30,8 @@ SOURCE_ROOT = Path(__file__).resolve().parents[3]
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
+    """CHATTERBOX_CKPT_CACHE, read when called (tests point it elsewhere between cases)."""
+    return Path(Settings().chatterbox_ckpt_cache).expanduser()
 
 
 def cached_checkpoint_dir(variant: str = "standard", seed: int = 0) -> Path:
@@ -57,9 +60,7 @@ def ensure_checkpoint(variant: str = "standard", seed: int = 0, *, force: bool =
         return build_cached(variant, seed, force=force)
     cmd = [sys.executable, "-m", CLI_MODULE, "--cached", "--variant", variant,
            "--seed", str(int(seed))] + (["--force"] if force else [])
-    env = dict(os.environ)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TQDM_DISABLE", "1")
+    env = child_environment()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SOURCE_ROOT), env.get("PYTHONPATH")) if p)
     result = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:

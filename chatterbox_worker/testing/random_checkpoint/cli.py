@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
+from chatterbox_worker.settings import set_library_env_defaults
 from chatterbox_worker.testing.random_checkpoint.cache import (
     CACHE_ENV,
     DEFAULT_CACHE_DIR,
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    set_library_env_defaults()
 
     started = time.perf_counter()
     try:
