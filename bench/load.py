@@ -40,7 +40,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +141,29 @@ def start_server(workdir: Path, ckpt: Path | None, port: int, health_port: int) 
     proc.kill()
     tail = (workdir / "server.log").read_text()[-4000:]
     raise RuntimeError(f"the server did not become ready:\n{tail}")
+
+
+@dataclass
+class Served:
+    """A server started by :func:`serving`: its process, URLs and the library's voices."""
+
+    proc: subprocess.Popen
+    url: str
+    health_url: str
+    voices: list[str]
+
+
+@contextmanager
+def serving(ckpt: Path | None, workdir: Path) -> Iterator[Served]:
+    """The HTTP server over a short library in ``workdir``, killed on the way out if still up."""
+    voices = short_library(workdir / "library")
+    port, health_port = free_port(), free_port()
+    proc = start_server(workdir, ckpt, port, health_port)
+    try:
+        yield Served(proc, f"http://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{health_port}", voices)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 class PingProbe:
@@ -391,17 +417,10 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = None if args.stub else checkpoint_dir()
     with tempfile.TemporaryDirectory(prefix="chatterbox-load-") as tmp:
         workdir = Path(tmp)
-        voices = short_library(workdir / "library")
-        port, health_port = free_port(), free_port()
-        proc = start_server(workdir, ckpt, port, health_port)
-        url, health_url = f"http://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{health_port}"
-        try:
-            report: dict[str, Any] = {"flood": flood(url, health_url, voices, proc.pid)}
-            report["abandon"] = abandon(url, voices)
-            report["sigterm"] = sigterm(proc, url, voices)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        with serving(ckpt, workdir) as server:
+            report: dict[str, Any] = {"flood": flood(server.url, server.health_url, server.voices, server.proc.pid)}
+            report["abandon"] = abandon(server.url, server.voices)
+            report["sigterm"] = sigterm(server.proc, server.url, server.voices)
         report["queue_cancel"] = queue_cancel(ckpt, workdir)
     report["setup"] = {"model": "stepped stub" if args.stub else "standard (random weights unless CHATTERBOX_CKPT_DIR)",
                        "slots": SLOTS, "max_queued": MAX_QUEUED, "tokens": TOKENS, "voices": VOICES,

@@ -28,15 +28,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(REPO))
 
 from bench.load import (  # noqa: E402 (after the path set-up above)
-    LOOPBACK,
     MAX_QUEUED,
     SLOTS,
     TOKENS,
     all_at_once,
-    free_port,
-    short_library,
+    serving,
     speech_body,
-    start_server,
     summarize,
 )
 from bench.random_checkpoint import checkpoint_dir  # noqa: E402
@@ -108,15 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     levels = [int(n) for n in args.levels.split(",") if n.strip()]
     ckpt = None if args.stub else checkpoint_dir()
-    with tempfile.TemporaryDirectory(prefix="chatterbox-sweep-") as tmp:
-        workdir = Path(tmp)
-        voices = short_library(workdir / "library")
-        port, health_port = free_port(), free_port()
-        proc = start_server(workdir, ckpt, port, health_port)
-        try:
-            rows = sweep(f"http://{LOOPBACK}:{port}", voices, levels)
-        finally:
-            proc.kill()
+    with tempfile.TemporaryDirectory(prefix="chatterbox-sweep-") as tmp, serving(ckpt, Path(tmp)) as server:
+        rows = sweep(server.url, server.voices, levels)
     setup = {"model": "stepped stub" if args.stub else "standard (random weights unless CHATTERBOX_CKPT_DIR)",
              "slots": SLOTS, "max_queued": MAX_QUEUED, "tokens": TOKENS, "platform": platform.platform(),
              "cpus": os.cpu_count(), "command": "python bench/load_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)}

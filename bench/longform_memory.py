@@ -51,13 +51,13 @@ def peak_rss_mb() -> float:
 def run() -> dict:
     os.environ.update(BUCKET_ENDPOINT_URL="https://bucket.invalid", TQDM_DISABLE="1")
     import handler
-    from chatterbox_worker.pipeline import long_output
+    from chatterbox_worker.contract import delivery
     from chatterbox_worker.testing import stub_model
     from chatterbox_worker.testing.stub_worker import stub_worker
 
     stub_model.STUB_SECONDS_PER_CHAR = SECONDS_PER_CHAR
     uploads: list[int] = []
-    long_output.upload_file = lambda path, fmt: uploads.append(path.stat().st_size) or "https://bucket.invalid/x"
+    delivery.upload_file = lambda path, fmt: uploads.append(path.stat().st_size) or "https://bucket.invalid/x"
     with tempfile.TemporaryDirectory() as tmp:
         from chatterbox_worker.testing.demo_library import copy_demo_library
 

@@ -8,6 +8,7 @@ import pytest
 
 from chatterbox_worker.testing.demo_library import copy_demo_library
 from chatterbox_worker.testing.stub_model import StubModel
+from tests.browser.chromium import browser_missing, launched
 
 
 @pytest.fixture
@@ -89,3 +90,13 @@ def no_real_worker_load(monkeypatch):
         raise AssertionError("a test reached bootstrap.load_worker; inject a worker instead")
 
     monkeypatch.setattr(bootstrap, "loader", bootstrap.WorkerLoader(refuse))
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for every browser test; skipped, with the reason, without one."""
+    reason = browser_missing()
+    if reason:
+        pytest.skip(reason)
+    with launched() as chromium:
+        yield chromium

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,15 @@ import torch
 TINY_TOKENS = 4
 SHORT_VOICE_SECONDS = 2.5
 N_SHORT_VOICES = 5
+
+
+def run_in_threads(count: int, target) -> None:
+    """``target(i)`` for i in range(count), each on its own thread; returns when all are done."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def write_prompt(samples: np.ndarray, sr: int, path: Path, sample_rate: int,

@@ -30,11 +30,8 @@ from chatterbox_worker.audio.codec import (
     RMS_TARGET_DBFS,
     SILENCE_PEAK,
     resample,
-    to_base64,
 )
-from chatterbox_worker.contract.errors import JobError
-from chatterbox_worker.contract.limits import FILE_EXTENSIONS, MB
-from chatterbox_worker.settings import get_settings, mb_to_bytes
+from chatterbox_worker.contract.delivery import deliver_file
 
 # Texts longer than this (the job limit before chapters were accepted) are written out as
 # they are made; shorter ones keep the in-memory path and its exact audio.
@@ -43,7 +40,6 @@ PCM_SCALE = 32767.0
 PCM_DTYPE = "<i2"
 # Samples per encoding block: 10 s at 48 kHz, 1 MB of int16.
 ENCODE_BLOCK_SAMPLES = 480_000
-BASE64_RATIO = 4 / 3
 
 
 def is_long(text: str) -> bool:
@@ -109,30 +105,6 @@ def encode_pcm_file(pcm: Path, out: Path, sample_rate: int, fmt: str, gain: floa
     with sf.SoundFile(out, "w", samplerate=rate, channels=1, format=container, subtype=subtype) as target:
         for block in _pcm_blocks(pcm, gain):
             target.write(np.clip(resample(block, sample_rate, rate), -1.0, 1.0))
-
-
-def upload_file(path: Path, fmt: str) -> str:
-    """Upload a file to the configured bucket; returns a presigned URL."""
-    import uuid
-
-    from runpod.serverless.utils import rp_upload  # imported only when needed: ~2 s
-
-    return rp_upload.upload_file_to_bucket(f"{uuid.uuid4().hex}.{FILE_EXTENSIONS[fmt]}", str(path))
-
-
-def deliver_file(path: Path, fmt: str, *, key: str = "audio") -> dict[str, str]:
-    """``{key: base64}`` when the file fits the result limit, else ``{key + "_url": url}``."""
-    settings = get_settings()
-    limit = mb_to_bytes(settings.max_result_mb)
-    size = math.ceil(path.stat().st_size * BASE64_RATIO)
-    if size <= limit:
-        return {key: to_base64(path.read_bytes())}
-    if settings.bucket_endpoint_url:
-        return {f"{key}_url": upload_file(path, fmt)}
-    raise JobError("output_format", f"the {fmt} audio is {size / MB:.1f} MB as base64, over the "
-                                    f"{limit / MB:g} MB result limit of RunPod's /run; set the BUCKET_* "
-                                    "variables to receive a URL, ask for 'mp3' or 'opus', or use mode "
-                                    "'streaming'")
 
 
 @contextmanager

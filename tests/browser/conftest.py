@@ -8,20 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.browser.chromium import browser_missing, launched, open_page
+from tests.browser.chromium import open_page
 from tests.http_servers import SlowStreamModel, running_app, wait_ready
 
 # Each stub window waits this long, so a streamed clip arrives in several separate pieces.
 WINDOW_DELAY_S = 0.15
-
-
-@pytest.fixture(scope="session")
-def browser():
-    reason = browser_missing()
-    if reason:
-        pytest.skip(reason)
-    with launched() as chromium:
-        yield chromium
 
 
 @pytest.fixture

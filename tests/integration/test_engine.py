@@ -34,7 +34,7 @@ import torch
 from chatterbox_worker.engine import EngineConfig, SamplingParams, T3Engine
 from chatterbox_worker.engine.cuda_graphs import DecodeGraph
 from chatterbox_worker.testing.tiny_t3 import build_tiny_t3, tiny_conditionals, tiny_text_tokens
-from tests.real_model import SHORT_VOICE_SECONDS, alignment_hooks_released, seed_everything
+from tests.real_model import SHORT_VOICE_SECONDS, alignment_hooks_released, run_in_threads, seed_everything
 
 pytestmark = pytest.mark.integration
 
@@ -125,15 +125,11 @@ def run_concurrently(engine: T3Engine, jobs: list[tuple], stagger_s: float = 0.0
     """Submit each (t3_cond, text_tokens, params) from its own thread; tokens per job."""
     results: list[list[int] | None] = [None] * len(jobs)
 
-    def run(i, job):
+    def run(i):
         time.sleep(i * stagger_s)
-        results[i] = list(engine.submit(*job))
+        results[i] = list(engine.submit(*jobs[i]))
 
-    threads = [threading.Thread(target=run, args=(i, job)) for i, job in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(len(jobs), run)
     return results
 
 
@@ -415,11 +411,7 @@ def test_seeded_synthesis_from_threads_equals_solo_audio(model, voice):
         results[i] = model.synthesize(c["text"], conditionals=conds,
                                       options=model.options(seed=c["seed"], max_new_tokens=4))
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(len(calls), run)
     assert all(np.array_equal(a, b) for a, b in zip(results, solo))
 
 

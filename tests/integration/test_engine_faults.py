@@ -16,6 +16,7 @@ from chatterbox_worker.contract.errors import ServerError
 from chatterbox_worker.engine import EngineConfig, SamplingParams, T3Engine
 from chatterbox_worker.engine.cancellation import CancelScope, JobCancelled, client_gone, scope_context
 from chatterbox_worker.testing.tiny_t3 import build_tiny_t3, tiny_conditionals, tiny_text_tokens
+from tests.real_model import run_in_threads
 
 pytestmark = pytest.mark.integration
 
@@ -46,18 +47,14 @@ def run_all(engine: T3Engine, jobs: list[tuple], forced: dict[int, list[int]] | 
     results: list = [None] * len(jobs)
     barrier = threading.Barrier(len(jobs))
 
-    def run(i: int, job: tuple) -> None:
+    def run(i: int) -> None:
         barrier.wait()
         try:
-            results[i] = list(engine.submit(*job, forced_tokens=(forced or {}).get(i)))
+            results[i] = list(engine.submit(*jobs[i], forced_tokens=(forced or {}).get(i)))
         except Exception as exc:  # the faulty job's error, for the test to inspect
             results[i] = exc
 
-    threads = [threading.Thread(target=run, args=(i, job)) for i, job in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(len(jobs), run)
     return results
 
 
@@ -184,11 +181,7 @@ def test_real_model_a_nan_job_fails_alone_and_its_neighbours_audio_equals_their_
         except Exception as exc:  # the faulty job's error
             results[i] = exc
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(3, run)
     assert isinstance(results[1], ServerError) and "NaN" in str(results[1])
     assert np.array_equal(results[0], solo[0]) and np.array_equal(results[2], solo[1])
     assert engine.stats().active_jobs == 0

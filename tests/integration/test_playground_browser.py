@@ -10,9 +10,7 @@ import soundfile as sf
 
 from chatterbox_worker.testing.audio_payloads import make_wav_b64
 from tests.browser.chromium import (
-    browser_missing,
     expect,
-    launched,
     open_page,
     speak_and_wait,
     stamp_ms,
@@ -25,15 +23,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 # Two windows: the first is STREAM_FIRST_CHUNK_TOKENS (TINY_TOKENS) long, the second the rest.
 SPEECH_TOKENS = 2 * TINY_TOKENS
 REAL_MODEL_TIMEOUT_MS = 300_000
-
-
-@pytest.fixture(scope="module")
-def browser():
-    reason = browser_missing()
-    if reason:
-        pytest.skip(reason)
-    with launched() as chromium:
-        yield chromium
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from chatterbox_worker.contract import delivery
 from chatterbox_worker.contract.errors import JobError
 from chatterbox_worker.contract.limits import MAX_TEXT_CHARS, OPENAI_MAX_INPUT_CHARS
 from chatterbox_worker.contract.request_schema import TTSRequest, validate_request
@@ -85,7 +86,7 @@ def test_a_long_result_over_the_inline_limit_is_uploaded_from_its_file(run_job, 
         uploads.append((path.stat().st_size, fmt))
         return "https://bucket.example/long.wav"
 
-    monkeypatch.setattr(long_output, "upload_file", upload)
+    monkeypatch.setattr(delivery, "upload_file", upload)
     monkeypatch.setenv("MAX_RESULT_MB", "0.05")
     monkeypatch.setenv("BUCKET_ENDPOINT_URL", "https://bucket.example")
     result = run_job({"text": chapter(6000)})

@@ -55,6 +55,13 @@ def test_defaults_load():
     ("TTS_CHUNK_MAX_CHARS", "3"),
     ("S3GEN_MAX_BATCH", "0"),
     ("S3GEN_MAX_BATCH", "many"),
+    ("PLAYGROUND", "maybe"),
+    ("JOB_CHUNK_SLOTS", "0"),
+    ("STREAM_LOOKAHEAD_CHUNKS", "9"),
+    ("MAX_QUEUED_REQUESTS", "-1"),
+    ("QUEUE_TIMEOUT_S", "0"),
+    ("REQUEST_TIMEOUT_S", "lots"),
+    ("SHUTDOWN_GRACE_S", "-1"),
 ])
 def test_a_bad_value_names_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
