@@ -92,9 +92,12 @@ def no_real_worker_load(monkeypatch):
     monkeypatch.setattr(bootstrap, "loader", bootstrap.WorkerLoader(refuse))
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs its event loop on this thread while
+# it is open, so ``asyncio.run`` in any later test would fail with "cannot be called from a
+# running event loop". Closing it with the module that used it gives the thread back.
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for every browser test; skipped, with the reason, without one."""
+    """One headless Chromium per test module; skipped, with the reason, without one."""
     reason = browser_missing()
     if reason:
         pytest.skip(reason)

@@ -22,6 +22,9 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-d
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 UI_TIMEOUT_MS = 20_000
+# Saving a voice trims and resamples its clip; the first save in a fresh environment also
+# compiles librosa's numba kernels, which took over 20 s on a busy 2-core machine.
+UPLOAD_TIMEOUT_MS = 90_000
 
 
 def browser_missing() -> str | None:

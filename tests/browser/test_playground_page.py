@@ -10,7 +10,15 @@ import pytest
 import soundfile as sf
 
 from chatterbox_worker.testing.audio_payloads import make_wav_b64
-from tests.browser.chromium import PHONE, expect, open_page, speak_and_wait, stamp_ms, wait_for_voices
+from tests.browser.chromium import (
+    PHONE,
+    UPLOAD_TIMEOUT_MS,
+    expect,
+    open_page,
+    speak_and_wait,
+    stamp_ms,
+    wait_for_voices,
+)
 from tests.unit.test_openai_speech import decode
 
 # Long enough for several stub windows (25 speech tokens each), so the stream arrives in pieces.
@@ -91,7 +99,7 @@ def test_upload_a_voice_speak_with_it_and_delete_it(page, tmp_path, served):
     page.fill("#upload-name", "Browser Voice")
     page.set_input_files("#upload-file", str(reference))
     page.click("#upload")
-    expect(page.locator("#voice option:checked")).to_contain_text("Browser Voice")
+    expect(page.locator("#voice option:checked")).to_contain_text("Browser Voice", timeout=UPLOAD_TIMEOUT_MS)
     voice_id = page.input_value("#voice")
     assert voice_id in {v["id"] for v in httpx.get(f"{served}/v1/audio/voices").json()["voices"]}
 
@@ -217,8 +225,8 @@ def test_a_recording_from_the_microphone_becomes_a_voice(page, served):
     expect(page.locator("#record-status")).to_contain_text("Recorded")
     page.fill("#upload-name", "Microphone Voice")
     page.click("#upload")
+    expect(page.locator("#voice option:checked")).to_contain_text("Microphone Voice", timeout=UPLOAD_TIMEOUT_MS)
     expect(page.locator("#err-file")).to_be_empty()
-    expect(page.locator("#voice option:checked")).to_contain_text("Microphone Voice")
     saved = next(v for v in httpx.get(f"{served}/v1/audio/voices").json()["voices"] if v["name"] == "Microphone Voice")
     assert saved["duration"] > 0 and saved["deletable"] is True
 
