@@ -8,7 +8,7 @@ Two layouts are read unchanged:
 
 New voices are always written as FLAC (PCM_24), so nothing this worker writes ever
 needs pickle to read. ``OptimizedVoiceLibrary`` is the face over the parts in
-``voice_library/``: the catalog files (``catalog_store``), the file readers (``readers``,
+``chatterbox_worker/voices/``: the catalog files (``catalog_store``), the file readers (``readers``,
 legacy pickles through a numpy-only unpickler), lookups (``lookup``) and the LRU of
 decoded arrays (``array_cache``).
 """
@@ -41,7 +41,7 @@ from chatterbox_worker.voices.catalog_store import (
     is_deletable,
     public_entry,
 )
-from chatterbox_worker.voices.readers import LEGACY_SAMPLE_RATE, REFUSAL_PREFIX, read_voice_file
+from chatterbox_worker.voices.readers import LEGACY_SAMPLE_RATE, RefusedVoiceFileError, read_voice_file
 from chatterbox_worker.voices.validation import (
     check_sample_rate,
     normalize_voice_id,
@@ -203,9 +203,9 @@ class OptimizedVoiceLibrary:
             default_rate = LEGACY_SAMPLE_RATE
         try:
             samples, rate = read_voice_file(path, rel, default_rate)
+        except RefusedVoiceFileError:
+            raise  # already names the file and why it was refused
         except VoiceLibraryError as exc:
-            if exc.message.startswith(REFUSAL_PREFIX):
-                raise
             raise VoiceLibraryError("voice_id", f"voice '{voice_id}' ({name}): {exc.message}") from None
         except Exception as exc:  # corrupt gzip, truncated pickle, libsndfile errors...
             raise VoiceLibraryError(

@@ -368,7 +368,7 @@ def run(args) -> dict[str, Any]:
 
     result: dict[str, Any] = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
                               "platform": platform.platform(), "job_tokens": JOB_TOKENS,
-                              "engine": model.engine_stats()}
+                              "engine": model.engine_stats().as_dict()}
     if device == "cuda":
         result["gpu"] = torch.cuda.get_device_name()
 
@@ -392,7 +392,7 @@ def run(args) -> dict[str, Any]:
     result.update(e2e_speedup_4=result["e2e_jobs_per_min"]["4"] / result["e2e_jobs_per_min"]["1"],
                   e2e_long_tokens=E2E_LONG_TOKENS,
                   e2e_long_speedup_4=result["e2e_long_jobs_per_min"]["4"] / result["e2e_long_jobs_per_min"]["1"])
-    result["engine"] = model.engine_stats()
+    result["engine"] = model.engine_stats().as_dict()
     result["e2e_jobs_name_a_seed"] = False
     result["peak_memory_mb"] = peak_memory_mb(device)
     result["load_average"] = os.getloadavg()

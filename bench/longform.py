@@ -263,7 +263,7 @@ def run(args) -> dict[str, Any]:
         for name, figures in (("before", before), ("after", after)):
             for key in ("first_audio_s", "max_gap_s", "median_window_gap_s", "max_over_median"):
                 result[f"stream_{key}_{name}"] = figures[key]
-        result["engine"] = model.engine_stats()
+        result["engine"] = model.engine_stats().as_dict()
         result["timeline"] = {"sequential": sequential["spans"], "parallel": parallel["spans"],
                               "stream_before": before["items"], "stream_after": after["items"]}
         if device == "cuda":

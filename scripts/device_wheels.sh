@@ -38,7 +38,7 @@ WHEELS=(
   chatterbox-tts==0.1.7
   # chatterbox.models.s3tokenizer imports it (requirements-nodeps.txt pin).
   s3tokenizer==0.3.0
-  # chatterbox (mel filters, voice encoder, resampling) and the repo's audio_io /
+  # chatterbox (mel filters, voice encoder, resampling) and the repo's audio/codec.py /
   # optimized_chatterbox; chatterbox-tts pins 0.11.0.
   librosa==0.11.0
   # librosa.core.audio imports audioread at module level (perth too).
@@ -51,7 +51,7 @@ WHEELS=(
   pooch==1.9.0
   # ... and pooch imports platformdirs.
   platformdirs==4.14.8
-  # audio_io / optimized_voice_library read and write WAV through it; bundles libsndfile.
+  # audio/codec.py / optimized_voice_library read and write WAV through it; bundles libsndfile.
   soundfile==0.13.1
   # soundfile's binding (_cffi_backend); not in the device image.
   cffi==2.1.1
@@ -70,17 +70,17 @@ WHEELS=(
   # perth imports pkg_resources, which setuptools 82 removed (torch 2.11 asks for <82, but
   # the image's version is not known); without it from_local fails with a TypeError.
   setuptools==80.9.0
-  # settings.py / request_schema.py / openai_speech.py (pydantic 2) ...
+  # chatterbox_worker/settings.py, contract/request_schema.py, http/openai_speech.py (pydantic 2) ...
   pydantic==2.14.4
   pydantic-core==2.50.5
   annotated-types==0.8.0
   typing-inspection==0.4.5
   # ... pydantic-core 2.50 needs typing-extensions>=4.16; the image's version is not known.
   typing-extensions==4.16.0
-  # settings.py: BaseSettings (and its python-dotenv import).
+  # chatterbox_worker/settings.py: BaseSettings (and its python-dotenv import).
   pydantic-settings==2.16.3
   python-dotenv==1.2.4
-  # conditionals_cache.py: byte-bounded LRU.
+  # chatterbox_worker/conditionals/cache.py and voices/array_cache.py: byte-bounded LRUs.
   cachetools==6.2.1
 )
 if [[ "${WITH_AV:-0}" == 1 ]]; then

@@ -46,7 +46,7 @@ from chatterbox_worker.testing.stub_worker import stub_worker  # noqa: E402
 
 logger = logging.getLogger("soak")
 
-QUIET_LOGGERS = ("chatterbox_worker", "speech_pipeline", "optimized_voice_library", "conditionals_cache")
+QUIET_LOGGERS = ("chatterbox_worker", "optimized_voice_library")
 
 
 def real_worker(library_dir: Path, cache_dir: Path):

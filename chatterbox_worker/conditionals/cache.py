@@ -16,7 +16,7 @@ Two tiers:
   shares, so a new or restarted worker skips the model. Its layout is
   ``<disk_dir>/<variant>/<model version>/<content hash>.safetensors``, and each file's
   metadata names the same version: new weights on the same volume never read what old
-  weights computed (:mod:`checkpoint_fingerprint` makes the version). The tier is bounded
+  weights computed (:mod:`~chatterbox_worker.conditionals.fingerprint` makes the version). The tier is bounded
   in bytes across all workers; entries of other model versions go first, then the least
   recently used. Only library voices are written; files are written by a background
   thread, so a job's response never waits for the volume.
@@ -174,7 +174,7 @@ class ConditionalsCache:
 
     ``max_bytes`` and ``disk_max_bytes`` default to the settings
     (``CONDITIONALS_CACHE_MAX_MB``, ``CONDITIONALS_DISK_MAX_MB``). ``model_versions`` maps
-    each variant to its model version (:func:`checkpoint_fingerprint.model_version`); a
+    each variant to its model version (:func:`~chatterbox_worker.conditionals.fingerprint.model_version`); a
     variant without one is stored as :data:`UNVERSIONED`.
     """
 

@@ -37,12 +37,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     torch.OutOfMemoryError (torch.cuda's too) is matched by type name, so that callers need
     no torch. Three layers act on it, from the innermost out, each once per failure:
 
-    1. The T3 decode engine (``engine/t3_engine.py``) replays the step. When a batched decode
-       step (or a prefill) runs out of memory, the engine empties the CUDA cache, halves the
-       number of jobs it decodes at once (``max_jobs``, never below one) and restarts every
-       job that was in flight from its first token, under the same seed, at most
-       ``MAX_OOM_RETRIES`` (1) time per job; a job out of replays gets the error. Each
-       replay is counted in the job's ``memory_retries``.
+    1. The T3 decode engine (``engine/core.py``, ``engine/scheduler.py``) replays the step.
+       When a batched decode step (or a prefill) runs out of memory, the engine empties the
+       CUDA cache, halves the number of jobs it decodes at once (``max_jobs``, never below
+       one) and restarts every job that was in flight from its first token, under the same
+       seed, at most ``MAX_OOM_RETRIES`` (1) time per job; a job out of replays gets the
+       error. Each replay is counted in the job's ``memory_retries``.
     2. The S3Gen lane (``s3gen/lane.py``) halves its batch bound. When a call that decoded
        several jobs' windows together runs out of memory, every window of that call gets
        the error, and later calls take at most half as many windows (``max_batch``, never

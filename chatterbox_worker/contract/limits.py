@@ -25,11 +25,9 @@ MAX_DESCRIPTION_CHARS = 1000
 MAX_GENDER_CHARS = 32
 MAX_SEED = 2**32 - 1
 
-# Output formats a job may ask for, with their file extensions and MIME types.
+# Output formats a job may ask for, with their file extensions.
 OUTPUT_FORMATS = ("wav", "flac", "mp3", "ogg", "opus", "pcm_16")
 FILE_EXTENSIONS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "ogg": "ogg", "opus": "opus", "pcm_16": "pcm"}
-MIME_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
-              "opus": "audio/ogg; codecs=opus", "pcm_16": "audio/L16"}
 
 # The model variants a job may name (the model registry defines them).
 MODEL_VARIANTS = VARIANT_NAMES

@@ -7,12 +7,17 @@ module can be imported any number of times (tests) without duplicate registratio
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from chatterbox_worker.engine.stats import EngineStats
+    from chatterbox_worker.models.interface import ModelStats
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +58,21 @@ def record_speech(model: str, audio_seconds: float, speech_tokens: float, genera
     CONDITIONALS.labels(cache_source or "builtin").inc()
 
 
-def _engine_stats(model: Any) -> dict[str, Any]:
-    """The decode engine's counters, when the model has an engine that has started."""
+def _model_stats(model: Any) -> ModelStats | None:
+    """The model's typed decode counters, or None when it has none to report (the stub model)."""
     read = getattr(model, "engine_stats", None)
     try:
-        return dict(read()) if callable(read) else {}
+        return read() if callable(read) else None
     except Exception:  # a scrape must never fail because one part could not report
         logger.debug("engine stats unavailable", exc_info=True)
-        return {}
+        return None
+
+
+def _numbers(stats: EngineStats) -> list[tuple[str, float]]:
+    """The engine's numeric fields, by name (its dtype and its captured graph sizes are left out)."""
+    values = ((f.name, getattr(stats, f.name)) for f in dataclasses.fields(stats))
+    return sorted((name, float(value)) for name, value in values
+                  if isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 class WorkerCollector:
@@ -93,16 +105,16 @@ class WorkerCollector:
         s3gen = GaugeMetricFamily("chatterbox_s3gen", "S3Gen lane counters: calls, windows, shared_calls "
                                   "(calls of several windows), max_batch_windows, max_batch", labels=["model", "stat"])
         for name, model in sorted(worker.models.items()):
-            stats = _engine_stats(model)
-            capacity = stats.get("max_jobs") or 0
-            running = stats.get("active_jobs") or 0
+            stats = _model_stats(model)
+            decoder = stats.engine if stats is not None else None  # None until the engine starts
+            running = decoder.active_jobs if decoder is not None else 0
+            capacity = decoder.max_jobs if decoder is not None else 0
             occupancy.add_metric([name], running / capacity if capacity else 0.0)
             active.add_metric([name], float(running))
-            tokens.add_metric([name], float(stats.get("tokens", 0) or 0))
-            for stat, value in sorted(stats.items()):
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    engine.add_metric([name, stat], float(value))
-            for stat, value in sorted((stats.get("s3gen") or {}).items()):
+            tokens.add_metric([name], float(decoder.tokens if decoder is not None else 0))
+            for stat, value in _numbers(decoder) if decoder is not None else []:
+                engine.add_metric([name, stat], value)
+            for stat, value in sorted(stats.s3gen.items()) if stats is not None else []:
                 s3gen.add_metric([name, stat], float(value))
         yield occupancy
         yield active

@@ -1,11 +1,12 @@
 """OpenAI's ``POST /v1/audio/speech`` on the worker's own speech pipeline.
 
-The OpenAI request becomes a ``tts`` job (:class:`request_schema.TTSRequest`), so it is
+The OpenAI request becomes a ``tts`` job (:class:`~chatterbox_worker.contract.request_schema.TTSRequest`), so it is
 validated by the same rules and spoken by the same functions as a queue job: the model
 names map to the worker's models, OpenAI's voice names map to library voices through
 ``OPENAI_VOICE_ALIASES``, and the Chatterbox knobs ride along as extra fields. What is new
-here is only the output: the OpenAI formats (through :mod:`audio_streaming`), streamed as
-raw audio or as server-sent events (errors take OpenAI's shape, :mod:`openai_errors`).
+here is only the output: the OpenAI formats (through :mod:`chatterbox_worker.audio.streaming`),
+streamed as raw audio or as server-sent events (errors take OpenAI's shape,
+:mod:`chatterbox_worker.http.openai_errors`).
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from chatterbox.tts import Conditionals
 
 from chatterbox_worker.engine import EngineConfig, SamplingParams, T3Engine, TokenStream
 from chatterbox_worker.engine.cancellation import raise_if_cancelled
+from chatterbox_worker.models.interface import ModelStats
 from chatterbox_worker.models.options import GenerationOptions
 from chatterbox_worker.models.registry import VariantSpec
 from chatterbox_worker.models.s3gen_windows import SPEECH_VOCAB_SIZE, decode_window, stream_windows
@@ -148,11 +149,11 @@ class EngineGenerationMixin:
         if engine is not None:
             engine.stop()
 
-    def engine_stats(self) -> dict:
-        """Counters of the T3 engine (jobs, tokens, steps, out-of-memory retries) and of the
-        S3Gen lane (``s3gen``: calls, windows, calls shared by several windows)."""
-        stats = self._t3_engine.stats().as_dict() if self._t3_engine is not None else {}
-        return {**stats, "s3gen": self.s3gen_lane.stats()}
+    def engine_stats(self) -> ModelStats:
+        """Counters of the T3 engine (jobs, tokens, steps, out-of-memory retries; None before it
+        starts) and of the S3Gen lane (calls, windows, calls shared by several windows)."""
+        engine = self._t3_engine.stats() if self._t3_engine is not None else None
+        return ModelStats(engine, self.s3gen_lane.stats())
 
     def warm_up(self) -> None:
         """Start the engine now: allocate its KV cache and, on a GPU, capture its CUDA graphs."""

@@ -1,6 +1,6 @@
 """The speech pipeline every generating operation runs, one function per step.
 
-voice prompt (``voice_sources``) → :func:`conditionals` (cache) → :func:`speak` /
+voice prompt (``voices.sources``) → :func:`conditionals` (cache) → :func:`speak` /
 :func:`speak_stream` / :func:`convert` (audio) → :func:`encode_output` (response audio).
 
 TTS, streaming, cloning, conversion and transfer all pass through these functions, and so

@@ -41,7 +41,7 @@ SENTENCES = (
 class Payloads:
     """Built once: the same strings are reused by every job, so they are not per-job growth."""
 
-    clone: tuple[str, ...]  # over voice_sources.MIN_CLONE_SECONDS
+    clone: tuple[str, ...]  # over voices.sources.MIN_CLONE_SECONDS
     short: tuple[str, ...]  # conversion inputs and tts prompts
     silent: str
     nan: str

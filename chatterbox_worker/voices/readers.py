@@ -34,7 +34,7 @@ MAX_DECOMPRESSED_BYTES = 256 * MB
 
 PICKLE_SUFFIXES = (".pkl.gz", ".pkl")
 NPZ_SUFFIX = ".npz"
-# Messages of refused files start with this; callers pass them on unchanged.
+# Messages of refused files start with this (the error's type, not this text, marks a refusal).
 REFUSAL_PREFIX = "refusing to load"
 
 # The only globals a legacy voice pickle refers to. Both spellings of the array
@@ -45,6 +45,11 @@ _ALLOWED_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
+
+
+class RefusedVoiceFileError(VoiceLibraryError):
+    """A voice file refused for what it holds (oversized, or asking for code): its message is
+    complete as raised, so callers pass it on unchanged instead of wrapping it."""
 
 
 class _RefusedGlobal(Exception):
@@ -70,13 +75,13 @@ def read_pickle_voice(path: Path, rel: str, default_rate: int = LEGACY_SAMPLE_RA
         # One byte past the cap tells an oversized payload from one that just fits.
         data = fh.read(MAX_DECOMPRESSED_BYTES + 1)
     if len(data) > MAX_DECOMPRESSED_BYTES:
-        raise VoiceLibraryError(
+        raise RefusedVoiceFileError(
             "voice_id", f"{REFUSAL_PREFIX} {rel}: it is larger than {MAX_DECOMPRESSED_BYTES // MB} MB"
         )
     try:
         payload = _VoiceFileUnpickler(io.BytesIO(data)).load()
     except _RefusedGlobal as refused:
-        raise VoiceLibraryError(
+        raise RefusedVoiceFileError(
             "voice_id",
             f"{REFUSAL_PREFIX} {rel}: it references {refused.reference}, which a voice file never needs",
         ) from None

@@ -13,8 +13,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -89,14 +89,24 @@ def test_standard_layout(script, standard_dir):
                                for name in STANDARD_FILES - {".complete"}}
 
 
-def test_cache_key_is_stable_and_reused(script, standard_dir):
+def test_cache_key_is_stable_and_reused(script, standard_dir, monkeypatch):
+    from chatterbox_worker.testing.random_checkpoint import cache
+
     key = script.cache_key(0)
     assert key == script.cache_key(0) == cache_key_in_a_fresh_interpreter(0)
     assert script.cache_key(1) != key
     assert standard_dir.name == f"standard-{key}"
-    started = time.perf_counter()
-    assert script.ensure_checkpoint("standard") == standard_dir  # complete: no rebuild
-    assert time.perf_counter() - started < 5
+    written = {name: (standard_dir / name).stat().st_mtime_ns for name in STANDARD_FILES}
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a complete checkpoint was built again")
+
+    # Complete: neither a child build nor an in-process one may run, and no file is rewritten.
+    monkeypatch.setattr(cache, "subprocess", SimpleNamespace(run=no_build))
+    monkeypatch.setattr(cache, "build_variant", no_build)
+    assert script.ensure_checkpoint("standard") == standard_dir
+    assert cache.build_cached("standard", 0) == standard_dir
+    assert {name: (standard_dir / name).stat().st_mtime_ns for name in STANDARD_FILES} == written
 
 
 def test_cli_cached_prints_the_directory_last(standard_dir):

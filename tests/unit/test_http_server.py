@@ -3,6 +3,7 @@ stub worker, and the official openai package (and httpx) as clients."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import threading
@@ -15,11 +16,16 @@ import pytest
 import soundfile as sf
 
 from chatterbox_worker.audio.streaming import LENGTH_IN_HEADER_FORMATS, SPEECH_FORMATS, encode_speech
+from chatterbox_worker.engine.cancellation import current_scope, raise_if_cancelled
+from chatterbox_worker.testing.stub_model import StubModel
 from tests.http_servers import SlowStreamModel, running_app, tone, wait_ready
 from tests.unit.test_openai_speech import decode, dominant_hz
 
 SR = 24000
 LONG_TEXT = ("Streaming speech should reach the listener before the model has finished the whole sentence. " * 3)
+# How long a stub waits for an event a test sets: a deadline against hanging, not a timing
+# claim. On time the event comes at once; a late one fails the order assertion that follows.
+EVENT_WAIT_S = 30.0
 
 
 @pytest.fixture
@@ -122,37 +128,79 @@ def test_the_seed_header_reproduces_a_request(base_url, stream):
     assert again.headers["x-chatterbox-seed"] == str(seed) and again.content == first.content
 
 
+class HeldLastWindowModel(StubModel):
+    """Streams every window but the last at once, then holds the last until ``release`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.release, self.finished = threading.Event(), threading.Event()
+        self.first_chunk_sizes: list[int | None] = []
+
+    def stream(self, text, *, conditionals, options=None, chunk_size=50, first_chunk_size=None):
+        self.first_chunk_sizes.append(first_chunk_size)
+        windows = list(super().stream(text, conditionals=conditionals, options=options, chunk_size=chunk_size,
+                                      first_chunk_size=first_chunk_size))
+        yield from windows[:-1]
+        self.release.wait(EVENT_WAIT_S)
+        yield windows[-1]
+        self.finished.set()
+
+
 def test_first_bytes_arrive_before_the_model_finishes(serve, worker):
-    model = SlowStreamModel(window_delay_s=0.25)
+    model = HeldLastWindowModel()
     worker.models["standard"] = model
     url = serve(worker)
     wait_ready(url)
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
-    pieces, first_at = [], None
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+    pieces, finished_when_first = [], None
     with client.audio.speech.with_streaming_response.create(model="tts-1", voice="Amy", input=LONG_TEXT,
                                                             response_format="mp3") as response:
         for piece in response.iter_bytes():
-            if first_at is None:
-                first_at = time.perf_counter()
-                finished_when_first = model.finished_at
+            if not pieces:
+                finished_when_first = model.finished.is_set()
+                model.release.set()  # only a client holding audio lets the model finish
             pieces.append(piece)
-    assert finished_when_first is None, "the first bytes waited for the whole generation"
-    assert first_at < model.finished_at - 0.5
-    assert (model.first_chunk_sizes[0] or model.chunk_sizes[0]) == 12  # STREAM_FIRST_CHUNK_TOKENS
+    assert finished_when_first is False, "the first bytes waited for the whole generation"
+    assert model.finished.is_set()
+    assert model.first_chunk_sizes[0] == 12  # STREAM_FIRST_CHUNK_TOKENS
     samples, rate = decode(b"".join(pieces), "mp3")
     assert samples.size / rate > 2.0
 
 
+class CancelAwareModel(StubModel):
+    """Streams its first window, then waits for its job to be cancelled before the rest, and
+    leaves with the scope's error as the decode engine does."""
+
+    def __init__(self):
+        super().__init__()
+        self.cancelled, self.ended = threading.Event(), threading.Event()
+        self.finished = False
+
+    def stream(self, text, *, conditionals, options=None, chunk_size=50, first_chunk_size=None):
+        windows = list(super().stream(text, conditionals=conditionals, options=options, chunk_size=chunk_size))
+        scope = current_scope()
+        if scope is not None:
+            scope.on_cancel(lambda _error: self.cancelled.set())
+        try:
+            yield windows[0]
+            self.cancelled.wait(EVENT_WAIT_S)
+            raise_if_cancelled()
+            yield from windows[1:]
+            self.finished = True
+        finally:
+            self.ended.set()
+
+
 def test_a_client_that_leaves_stops_the_generation(serve, worker):
-    model = SlowStreamModel(window_delay_s=0.1)  # about 13 windows: 1.3 s if nobody stops it
+    model = CancelAwareModel()
     worker.models["standard"] = model
     url = serve(worker)
     wait_ready(url)
     with httpx.stream("POST", f"{url}/v1/audio/speech", json={"model": "tts-1", "input": LONG_TEXT * 2,
                                                                "voice": "Amy", "response_format": "pcm"}) as response:
         next(response.iter_bytes())
-    time.sleep(2.0)
-    assert model.finished_at is None, "the model kept generating for a client that had left"
+    assert model.ended.wait(EVENT_WAIT_S), "the model never stopped"
+    assert model.cancelled.is_set() and not model.finished, "the model kept generating for a client that had left"
     assert httpx.get(f"{url}/v1/models").status_code == 200
 
 
@@ -168,23 +216,32 @@ def test_sse_events_parse(base_url):
     assert len(pcm) // 2 / SR > 2.0
 
 
-def test_requests_run_at_once(serve, worker):
-    worker.models["standard"] = SlowStreamModel(window_delay_s=0.2)
+class MeetingModel(StubModel):
+    """Each stream waits inside the model until ``parties`` streams are inside it at once."""
+
+    def __init__(self, parties: int):
+        super().__init__()
+        self.barrier, self.met = threading.Barrier(parties, timeout=EVENT_WAIT_S), []
+
+    def stream(self, text, **kwargs):
+        with contextlib.suppress(threading.BrokenBarrierError):  # requests one after another: none met
+            self.met.append(self.barrier.wait())
+        yield from super().stream(text, **kwargs)
+
+
+def test_requests_run_at_once(serve, worker, monkeypatch):
+    monkeypatch.setenv("MAX_CONCURRENT_JOBS", "4")
+    model = worker.models["standard"] = MeetingModel(4)
     url = serve(worker)
     wait_ready(url)
-    body = {"model": "tts-1", "input": "x" * 100, "voice": "Amy", "response_format": "pcm"}  # 3 windows
+    body = {"model": "tts-1", "input": "x" * 100, "voice": "Amy", "response_format": "pcm"}
 
     def one(_):
-        started = time.perf_counter()
-        response = httpx.post(f"{url}/v1/audio/speech", json=body, timeout=30)
-        assert response.status_code == 200
-        return time.perf_counter() - started
+        return httpx.post(f"{url}/v1/audio/speech", json=body, timeout=2 * EVENT_WAIT_S).status_code
 
-    single = one(0)
-    started = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(one, range(4)))
-    assert time.perf_counter() - started < 2.5 * single
+        assert list(pool.map(one, range(4))) == [200] * 4
+    assert sorted(model.met) == [0, 1, 2, 3], "the requests were not inside the model at once"
 
 
 # -- errors -----------------------------------------------------------------------------
@@ -260,7 +317,7 @@ def test_ping_is_503_when_the_load_failed(serve):
         raise RuntimeError("weights missing")
 
     url = serve(broken)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + EVENT_WAIT_S  # a wait for the failed load to show, not a timing claim
     while (status := httpx.get(f"{url}/ping").status_code) == 204 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert status == 503
@@ -378,19 +435,28 @@ def test_worker_counters_reach_the_metrics():
     """Engine and S3Gen lane counters of each loaded model, read at scrape time."""
     from types import SimpleNamespace
 
+    from chatterbox_worker.engine.stats import EngineStats
     from chatterbox_worker.http.metrics import WorkerCollector
+    from chatterbox_worker.models.interface import ModelStats
 
-    model = SimpleNamespace(engine_stats=lambda: {"max_jobs": 8, "active_jobs": 2, "tokens": 40, "oom_retries": 1,
-                                                  "dtype": "float32",
-                                                  "s3gen": {"calls": 3, "windows": 5, "shared_calls": 1}})
+    engine = EngineStats(jobs=3, tokens=40, steps=20, oom_retries=1, oom_failures=0, max_batch_jobs=2,
+                         graph_replays=0, cancelled=0, faults=0, active_jobs=2, pending_jobs=0, max_jobs=8,
+                         max_rows=16, dtype="float32")
+    model = SimpleNamespace(engine_stats=lambda: ModelStats(engine, {"calls": 3, "windows": 5, "shared_calls": 1}))
+    idle = SimpleNamespace(engine_stats=lambda: ModelStats(None, {"calls": 0}))  # its engine has not started
     broken = SimpleNamespace(engine_stats=lambda: 1 / 0)  # a model that cannot report reads as none
-    worker = SimpleNamespace(models={"standard": model, "turbo": broken}, cache=None)
+    worker = SimpleNamespace(models={"standard": model, "multilingual": idle, "turbo": broken}, cache=None)
     samples = {(m.name, tuple(sorted(s.labels.items()))): s.value
                for m in WorkerCollector(lambda: worker).collect() for s in m.samples}
     assert samples[("chatterbox_batch_occupancy", (("model", "standard"),))] == 0.25
     assert samples[("chatterbox_s3gen", (("model", "standard"), ("stat", "shared_calls")))] == 1.0
     assert samples[("chatterbox_s3gen", (("model", "standard"), ("stat", "windows")))] == 5.0
     assert samples[("chatterbox_engine", (("model", "standard"), ("stat", "oom_retries")))] == 1.0
+    assert samples[("chatterbox_engine", (("model", "standard"), ("stat", "max_rows")))] == 16.0
+    assert ("chatterbox_engine", (("model", "standard"), ("stat", "dtype"))) not in samples
+    assert samples[("chatterbox_batch_occupancy", (("model", "multilingual"),))] == 0.0
+    assert samples[("chatterbox_s3gen", (("model", "multilingual"), ("stat", "calls")))] == 0.0
+    assert not any(key[0] == "chatterbox_engine" and ("model", "multilingual") in key[1] for key in samples)
     assert samples[("chatterbox_batch_occupancy", (("model", "turbo"),))] == 0.0
 
 
