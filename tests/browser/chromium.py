@@ -53,18 +53,23 @@ def launched() -> Iterator[object]:
 
 @dataclass
 class PageWatch:
-    """What a page did that a test must see: dialogs it opened, and errors it threw."""
+    """What a page did that a test must see: dialogs it opened, errors it threw, and every
+    request it made (method and URL, in the order they left)."""
 
     dialogs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    requests: list[tuple[str, str]] = field(default_factory=list)
 
 
 def open_page(browser, url: str, viewport: dict[str, int] = DESKTOP):
-    """A fresh context and page on ``url``; dialogs are dismissed and recorded, errors recorded."""
+    """A fresh context and page on ``url``; dialogs are dismissed and recorded, errors and
+    requests recorded."""
     context = browser.new_context(viewport=viewport, accept_downloads=True)
     context.set_default_timeout(UI_TIMEOUT_MS)
-    page = context.new_page()
     watch = PageWatch()
+    # On the context, before the first navigation, so the page's own load is seen too.
+    context.on("request", lambda request: watch.requests.append((request.method, request.url)))
+    page = context.new_page()
 
     def on_dialog(dialog):
         watch.dialogs.append(dialog.message)
