@@ -5,19 +5,24 @@ This is a benchmark, not a test: pytest only collects ``tests/``. It starts ``se
 CHATTERBOX_CKPT_DIR names real weights), with ``MAX_CONCURRENT_JOBS=2``, ``/ping`` on its
 own ``PORT_HEALTH``, a few short voices and a tiny speech-token bound, and measures:
 
-- ``flood``: FLOOD_REQUESTS simultaneous speech requests (whole clips and streams, several
-  voices): served, shed (429), unavailable (503), failed; p50/p95 latency of the served;
-  p95 time to first audio of the streams; the slowest refusal, and whether every refusal
-  carried ``Retry-After``; the worst ``/ping`` on both ports while it ran; RSS before/after;
-- ``abandon``: ABANDONING_STREAMS streams that leave after their first bytes, then
-  ABANDONING_CLIPS whole-clip clients that give up after CLIP_CLIENT_TIMEOUT_S; then one
-  request, timed against the same request made alone before (``next_over_solo``);
-- ``sigterm``: SIGTERM while SIGTERM_REQUESTS requests run or wait: the exit code, the
-  seconds to exit, and how each client's request ended;
+- ``flood`` (``MAX_QUEUED_REQUESTS=4``): FLOOD_REQUESTS simultaneous speech requests (whole
+  clips and streams, several voices): served, shed (429), unavailable (503), failed; p50/p95
+  latency of the served; p95 time to first audio of the streams; the slowest refusal, and
+  whether every refusal carried ``Retry-After``; the worst ``/ping`` on both ports while it
+  ran; RSS before/after. The clients are built first: a request's seconds run from its send
+  (an ``httpx.Client`` takes about 40 ms of CPU to build; 40 at once took up to 2 s);
+- ``abandon``, on a second server (same library and conditionals) whose line of
+  ABANDON_MAX_QUEUED admits every abandoning client: ABANDONING_STREAMS streams that leave
+  after their first bytes, then ABANDONING_CLIPS whole-clip clients that give up after
+  CLIP_CLIENT_TIMEOUT_S; then one request, timed against the same request made alone
+  before (``next_over_solo``);
+- ``sigterm``, on that second server: SIGTERM while SIGTERM_REQUESTS requests run or wait
+  (all admitted with either line): the exit code, the seconds to exit, and how each
+  client's request ended;
 - ``queue_cancel`` (in this process, after the server has gone): a queue job cancelled the
   way the RunPod SDK cancels it (its task), and the seconds until the engine holds no job.
 
-    python bench/load.py --out bench/results/vm-cpu-load.json     # about 5 minutes on 2 CPU cores
+    python bench/load.py --out bench/results/vm-cpu-load.json     # minutes on 2 CPU cores (the model loads twice)
     python bench/load.py --stub --out /tmp/load-stub.json           # the same phases on a stub model, ~30 s
 
 ``--stub`` serves a stepped stub model (``tests/stepped_server.py``: no torch, each job
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -62,7 +68,11 @@ logger = logging.getLogger("benchmark")
 
 LOOPBACK = "127.0.0.1"
 SLOTS = 2
-MAX_QUEUED = 4
+MAX_QUEUED = 4  # the flood's line: 2 + 4 admitted, the rest refused
+# The abandon phase's line: a wave of 8 may all wait while the wave before holds both slots, and
+# as long as a client would, so that all 8 + 8 are admitted and abandon, none refused.
+ABANDON_MAX_QUEUED = 8
+ABANDON_QUEUE_TIMEOUT_S = 600.0
 TOKENS = 4  # speech tokens per request: random weights rarely stop on their own
 # An abandoning stream's tokens: a first window of 12 (STREAM_FIRST_CHUNK_TOKENS), then one of 25
 # that nobody waits for.
@@ -94,16 +104,18 @@ def free_port() -> int:
 
 
 def short_library(target: Path) -> list[str]:
-    """VOICES short voices cut from the shipped ones; returns their names."""
+    """VOICES short voices cut from the shipped ones (unless already there); returns their names."""
     from optimized_voice_library import OptimizedVoiceLibrary
 
     demo = OptimizedVoiceLibrary(REPO)
     short = OptimizedVoiceLibrary(target)
+    present = {voice["speaker_name"] for voice in short.list_voices()} if target.exists() else set()
     names = []
     for voice in demo.list_voices()[:VOICES]:
-        audio = demo.get_voice_audio(voice["voice_id"])
-        short.save_voice(voice["speaker_name"], audio.samples[: int(VOICE_SECONDS * audio.sample_rate)].copy(),
-                         audio.sample_rate)
+        if voice["speaker_name"] not in present:
+            audio = demo.get_voice_audio(voice["voice_id"])
+            short.save_voice(voice["speaker_name"], audio.samples[: int(VOICE_SECONDS * audio.sample_rate)].copy(),
+                             audio.sample_rate)
         names.append(voice["speaker_name"])
     return names
 
@@ -122,12 +134,13 @@ def server_command(workdir: Path, port: int, health_port: int, stub: bool) -> li
             str(port), str(STUB_STEPS), str(STUB_STEP_S), str(health_port)]
 
 
-def start_server(workdir: Path, ckpt: Path | None, port: int, health_port: int) -> subprocess.Popen:
+def start_server(workdir: Path, ckpt: Path | None, port: int, health_port: int,
+                 line: dict[str, str]) -> subprocess.Popen:
     env = {**os.environ, "CHATTERBOX_CKPT_DIR": str(ckpt or ""), "VOICE_LIBRARY_DIR": str(workdir / "library"),
            "CONDITIONALS_CACHE_DIR": str(workdir / "conditionals"), "MAX_CONCURRENT_JOBS": str(SLOTS),
-           "MAX_QUEUED_REQUESTS": str(MAX_QUEUED), "PORT": str(port), "PORT_HEALTH": str(health_port),
-           "HTTP_HOST": LOOPBACK, "SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S), "LOG_LEVEL": "WARNING"}
-    log = open(workdir / "server.log", "w")
+           "PORT": str(port), "PORT_HEALTH": str(health_port), "HTTP_HOST": LOOPBACK,
+           "SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S), "LOG_LEVEL": "WARNING", **line}
+    log = open(workdir / "server.log", "a")
     proc = subprocess.Popen(server_command(workdir, port, health_port, ckpt is None), cwd=REPO, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -153,17 +166,33 @@ class Served:
     voices: list[str]
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM, as a scale-down would (pending conditionals are written whole); killed if it hangs."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=SHUTDOWN_GRACE_S + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @contextmanager
-def serving(ckpt: Path | None, workdir: Path) -> Iterator[Served]:
-    """The HTTP server over a short library in ``workdir``, killed on the way out if still up."""
+def serving(ckpt: Path | None, workdir: Path, max_queued: int = MAX_QUEUED,
+            queue_timeout_s: float | None = None) -> Iterator[Served]:
+    """The HTTP server over a short library in ``workdir`` (made once, shared by later servers),
+    stopped on the way out if still up. Its line: ``max_queued`` places, waits of
+    ``queue_timeout_s`` (the worker's default if None)."""
     voices = short_library(workdir / "library")
     port, health_port = free_port(), free_port()
-    proc = start_server(workdir, ckpt, port, health_port)
+    line = {"MAX_QUEUED_REQUESTS": str(max_queued)}
+    if queue_timeout_s is not None:
+        line["QUEUE_TIMEOUT_S"] = str(queue_timeout_s)
+    proc = start_server(workdir, ckpt, port, health_port, line)
     try:
         yield Served(proc, f"http://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{health_port}", voices)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_server(proc)
 
 
 class PingProbe:
@@ -206,12 +235,18 @@ def speech_body(i: int, voices: list[str], stream: bool, tokens: int = TOKENS) -
 
 
 def one_request(url: str, body: dict[str, Any], timeout: float = CLIENT_TIMEOUT_S,
-                leave_after_first: bool = False) -> dict[str, Any]:
-    """How one request ended: status, seconds, first audio, Retry-After, error code, or the exception."""
+                leave_after_first: bool = False, client: httpx.Client | None = None) -> dict[str, Any]:
+    """How one request ended: status, seconds, first audio, Retry-After, error code, or the exception.
+
+    The seconds run from the send: a ``client`` built beforehand keeps its construction out
+    of them (without one, a client is built first, outside the timing too)."""
+    if client is None:
+        with httpx.Client() as own:
+            return one_request(url, body, timeout, leave_after_first, own)
     started = time.perf_counter()
     out: dict[str, Any] = {"stream": body["stream"]}
     try:
-        with httpx.stream("POST", url + "/v1/audio/speech", json=body, timeout=timeout) as response:
+        with client.stream("POST", url + "/v1/audio/speech", json=body, timeout=timeout) as response:
             out["status"] = response.status_code
             out["retry_after"] = response.headers.get("Retry-After")
             pieces = []
@@ -231,15 +266,31 @@ def one_request(url: str, body: dict[str, Any], timeout: float = CLIENT_TIMEOUT_
     return out
 
 
+@contextmanager
+def clients(n: int) -> Iterator[list[httpx.Client]]:
+    """``n`` HTTP clients, built now: before the requests and the ``/ping`` probes start."""
+    built = [httpx.Client() for _ in range(n)]
+    try:
+        yield built
+    finally:
+        for client in built:
+            client.close()
+
+
 def all_at_once(url: str, bodies: list[dict], **kwargs) -> list[dict[str, Any]]:
-    barrier = threading.Barrier(len(bodies))
+    """Every request sent at once, each from its own thread and its own client of ``clients``
+    (a keyword; built here, before the start, if not given)."""
+    given = kwargs.pop("clients", None)
+    with contextlib.ExitStack() as stack:
+        own = given or stack.enter_context(clients(len(bodies)))
+        barrier = threading.Barrier(len(bodies))
 
-    def run(body):
-        barrier.wait()
-        return one_request(url, body, **kwargs)
+        def run(pair):
+            barrier.wait()
+            return one_request(url, pair[0], client=pair[1], **kwargs)
 
-    with ThreadPoolExecutor(len(bodies)) as pool:
-        return list(pool.map(run, bodies))
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            return list(pool.map(run, zip(bodies, own)))
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -271,8 +322,9 @@ def flood(url: str, health_url: str, voices: list[str], pid: int) -> dict[str, A
     with PingProbe(health_url) as idle:  # the same probe with nothing else running: the floor
         time.sleep(IDLE_PING_S)
     bodies = [speech_body(i, voices, stream=i % 2 == 1) for i in range(FLOOD_REQUESTS)]
-    with PingProbe(url) as ping_main, PingProbe(health_url) as ping_health:
-        results = all_at_once(url, bodies)
+    # The probes share this process with the clients: the clients' construction stays outside both.
+    with clients(len(bodies)) as built, PingProbe(url) as ping_main, PingProbe(health_url) as ping_health:
+        results = all_at_once(url, bodies, clients=built)
     return {**summarize(results), "ping_idle": idle.summary(), "ping_port": ping_main.summary(),
             "ping_health_port": ping_health.summary(),
             "rss_before_mb": round(rss_before), "rss_after_mb": round(rss_mb(pid)),
@@ -307,12 +359,15 @@ def abandon(url: str, voices: list[str]) -> dict[str, Any]:
     solo_after = solo_seconds(url, voices)  # other load on the machine shows as a change of the solo time
     metrics = httpx.get(url + "/metrics").text
     cancelled = [line for line in metrics.splitlines() if line.startswith("chatterbox_cancelled_jobs_total")]
-    return {"solo_s": round(solo, 2), "solo_after_s": round(solo_after, 2), "next_s": round(following["seconds"], 2),
+    return {"max_queued": ABANDON_MAX_QUEUED, "queue_timeout_s": ABANDON_QUEUE_TIMEOUT_S,
+            "streams": len(streams), "clips": len(clips),
+            "solo_s": round(solo, 2), "solo_after_s": round(solo_after, 2), "next_s": round(following["seconds"], 2),
             "next_over_solo": round(following["seconds"] / solo, 2), "next_status": following.get("status"),
             "left_behind_when_next_sent": left_behind,
             "streams_left_after_first_bytes": sum("first_audio_s" in r for r in streams),
-            "streams_refused": sum(r.get("status") == 429 for r in streams),
+            "streams_refused": sum(r.get("status") in (429, 503) for r in streams),
             "clips_timed_out_client_side": sum(r.get("exception") == "ReadTimeout" for r in clips),
+            "clips_refused": sum(r.get("status") in (429, 503) for r in clips),
             "cancelled_counts": cancelled}
 
 
@@ -397,6 +452,9 @@ def print_table(report: dict[str, Any]) -> None:
         ("flood: /ping p50 / p99 on PORT_HEALTH (ms)", f"{f['ping_health_port']['p50_ms']} / {f['ping_health_port']['p99_ms']}"),
         ("idle: /ping p50 / max (ms)", f"{f['ping_idle']['p50_ms']} / {f['ping_idle']['max_ms']}"),
         ("flood: RSS before / after (MB)", f"{f['rss_before_mb']} / {f['rss_after_mb']}"),
+        ("abandon: streams left after first bytes / clips timed out; refused",
+         f"{a['streams_left_after_first_bytes']}/{a['streams']} / {a['clips_timed_out_client_side']}/{a['clips']}; "
+         f"{a['streams_refused'] + a['clips_refused']}"),
         ("abandon: solo before / next request / solo after (s)", f"{a['solo_s']} / {a['next_s']} / {a['solo_after_s']}"),
         ("abandon: next over solo; left behind when sent", f"{a['next_over_solo']}; {a['left_behind_when_next_sent']}"),
         ("sigterm: exit code, seconds to exit", f"{s['exit_code']}, {s['exit_s']}"),
@@ -419,11 +477,14 @@ def main(argv: list[str] | None = None) -> None:
         workdir = Path(tmp)
         with serving(ckpt, workdir) as server:
             report: dict[str, Any] = {"flood": flood(server.url, server.health_url, server.voices, server.proc.pid)}
+        with serving(ckpt, workdir, ABANDON_MAX_QUEUED, ABANDON_QUEUE_TIMEOUT_S) as server:
             report["abandon"] = abandon(server.url, server.voices)
             report["sigterm"] = sigterm(server.proc, server.url, server.voices)
         report["queue_cancel"] = queue_cancel(ckpt, workdir)
     report["setup"] = {"model": "stepped stub" if args.stub else "standard (random weights unless CHATTERBOX_CKPT_DIR)",
-                       "slots": SLOTS, "max_queued": MAX_QUEUED, "tokens": TOKENS, "voices": VOICES,
+                       "slots": SLOTS, "max_queued": MAX_QUEUED, "abandon_and_sigterm_max_queued": ABANDON_MAX_QUEUED,
+                       "request_seconds_from": "the send; each client is built before the requests start",
+                       "tokens": TOKENS, "voices": VOICES,
                        "voice_seconds": VOICE_SECONDS, "platform": platform.platform(), "cpus": os.cpu_count(),
                        "command": "python bench/load.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

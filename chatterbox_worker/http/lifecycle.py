@@ -84,10 +84,29 @@ async def enter_watched(request: Request, gate: JobGate) -> JobTicket:
     watcher = asyncio.ensure_future(until_disconnected(request))
     try:
         await asyncio.wait({entering, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        abandon(entering)
+        raise
     finally:
         watcher.cancel()
-    if not entering.done():  # the client left while waiting: it leaves the line, taking no slot
-        entering.cancel()
-        gate.cancelled[LEFT_WAITING] += 1
-        raise client_gone()
-    return entering.result()
+    if entering.done():
+        return entering.result()
+    abandon(entering)  # the client left while waiting: it leaves the line, taking no slot
+    gate.cancelled[LEFT_WAITING] += 1
+    raise client_gone()
+
+
+def abandon(entering: asyncio.Future) -> None:
+    """Stop waiting for a slot nobody will use; a slot granted all the same is given back.
+
+    A slot handed over in the same loop iteration as the cancel still arrives as a ticket
+    (Python 3.11's ``wait_for`` returns a result that is already there rather than raise
+    the cancel). Nobody else holds that ticket, so without this the slot would be lost
+    for good."""
+    entering.cancel()
+    entering.add_done_callback(close_granted)
+
+
+def close_granted(entering: asyncio.Future) -> None:
+    if not entering.cancelled() and entering.exception() is None:
+        entering.result().close()

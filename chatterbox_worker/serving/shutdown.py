@@ -38,11 +38,18 @@ def flush_cache(cache_source: CacheSource) -> None:
         logger.warning("conditionals disk writes still pending after %g s; leaving them", CACHE_FLUSH_TIMEOUT_S)
 
 
+def finish(cache_source: CacheSource, cancelled: int) -> None:
+    """Step 3 and the last word, on a thread of their own: in queue mode the SDK's loop ends
+    once its jobs have answered, and may cancel the shutdown task before this is done; the
+    loop's end still waits for the thread, so the flush and the log line are never cut off."""
+    flush_cache(cache_source)
+    logger.info("shutdown complete: %d job(s) cancelled after the grace period", cancelled)
+
+
 async def shut_down(gate: JobGate | None, cache_source: CacheSource) -> int:
     """Steps 1-3 of the module: returns how many jobs had to be cancelled."""
     cancelled = await gate.shutdown() if gate is not None else 0
-    await asyncio.to_thread(flush_cache, cache_source)
-    logger.info("shutdown complete: %d job(s) cancelled after the grace period", cancelled)
+    await asyncio.to_thread(finish, cache_source, cancelled)
     return cancelled
 
 

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.integration
 TOKENS = 12
 MARKED_TEMPERATURE = 0.77  # the faulty job's sampling settings mark its row for the injected fault
 LONG_JOB_TOKENS = 400
+CANCELLED_SEED = 4242  # marks the job a test cancels from inside a step
+CANCEL_AT_STEP = 5
 LEAVE_DEADLINE_S = 10
 
 
@@ -137,6 +139,35 @@ def test_a_cancelled_scope_stops_its_job_at_the_next_step(tiny):
     assert isinstance(first, int) and engine.stats().active_jobs == 0
     assert engine.stats().cancelled == cancelled_before + 1
     assert run_all(engine, healthy) == solo  # the engine goes on serving
+
+
+@pytest.mark.parametrize("during", ["sampling", "decoding"])
+def test_a_cancelled_job_draws_at_most_one_more_token(tiny, monkeypatch, during):
+    """The bound is counted in draws, not seconds: a scope cancelled (on the engine's thread, so
+    the moment is exact) while the step samples, or while it decodes, lets the job draw at most
+    the token of the step in progress; it leaves the batch at the next step."""
+    t3, engine, cond, _, _ = tiny
+    scope = CancelScope()
+    part, name = (engine.sampler, "sample") if during == "sampling" else (engine.runner, "decode")
+    run_part = getattr(part, name)
+    drawn_at_cancel: dict = {}
+
+    def cancelling_at_step(requests):
+        for request in requests:
+            if request.seed == CANCELLED_SEED and request.steps >= CANCEL_AT_STEP and not drawn_at_cancel:
+                drawn_at_cancel[request] = request.steps
+                scope.cancel(client_gone())
+        return run_part(requests)
+
+    monkeypatch.setattr(part, name, cancelling_at_step)
+    with scope_context(scope):
+        stream = engine.submit(cond, tiny_text_tokens(t3, seed=3), params(seed=CANCELLED_SEED, n=LONG_JOB_TOKENS))
+    delivered = []
+    with pytest.raises(JobCancelled, match="client closed"):
+        delivered.extend(stream)
+    [(request, at_cancel)] = drawn_at_cancel.items()
+    assert at_cancel == CANCEL_AT_STEP and request.steps - at_cancel <= 1
+    assert len(delivered) <= request.steps and engine.stats().active_jobs == 0
 
 
 def test_a_scope_cancelled_before_submit_refuses_the_job(tiny):

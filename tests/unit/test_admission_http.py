@@ -2,12 +2,14 @@
 
 Beyond the wait a request is answered 429 at once with ``Retry-After`` in OpenAI's error
 shape; a request that waits past ``QUEUE_TIMEOUT_S`` gets the same; ``/v1/jobs`` takes its
-slot from the same gate; ``/metrics`` shows in-flight, waiting and shed counts.
+slot from the same gate, RunPod's OpenAI passthrough jobs (``openai_route``) included;
+``/metrics`` shows in-flight, waiting and shed counts.
 """
 from __future__ import annotations
 
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -18,7 +20,11 @@ from chatterbox_worker.testing.stub_worker import assemble_worker
 from tests.http_servers import running_app, wait_ready
 
 SPEECH = {"model": "tts-1", "voice": "alloy", "input": "Hello there.", "response_format": "wav", "stream": False}
+# The same speech as RunPod's load balancer passes it through to a queue job.
+OPENAI_JOB = {"input": {"openai_route": "/v1/audio/speech",
+                        "openai_input": {k: SPEECH[k] for k in ("model", "voice", "input", "response_format")}}}
 TIMEOUT_S = 30
+HOLD_DEADLINE_S = 10.0
 
 
 @pytest.fixture
@@ -101,6 +107,33 @@ def test_queue_jobs_over_http_share_the_speech_gate(slow_server):
     assert "Retry-After" in queued.headers
     # With the slot free again the same job runs.
     assert httpx.post(url + "/v1/jobs", json=job, timeout=TIMEOUT_S).status_code == 200
+
+
+def until_the_model_holds_a_job(model: SteppedStubModel) -> None:
+    """Wait (a wait, not a timing claim) until a job holds the model, so the one slot is taken."""
+    deadline = time.monotonic() + HOLD_DEADLINE_S
+    while model.active == 0:
+        assert time.monotonic() < deadline, "no job reached the model"
+        time.sleep(0.01)
+
+
+def test_an_openai_passthrough_job_is_refused_by_the_same_gate_and_counted(slow_server):
+    url, model = slow_server(steps=40, max_concurrent_jobs=1, max_queued_requests=0)
+    with ThreadPoolExecutor(1) as pool:
+        speech = pool.submit(httpx.post, url + "/v1/audio/speech", json=SPEECH, timeout=TIMEOUT_S)
+        until_the_model_holds_a_job(model)
+        refused = httpx.post(url + "/v1/jobs", json=OPENAI_JOB, timeout=TIMEOUT_S)
+        assert speech.result().status_code == 200
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    error = refused.json()["error"]
+    assert error["code"] == "overloaded" and error["type"] == "rate_limit_error" and "retry later" in error["message"]
+    assert model.completed == 1  # the refused job never reached the model
+    assert metric(httpx.get(url + "/metrics").text, "chatterbox_admission", stat="shed") == 1
+    served = httpx.post(url + "/v1/jobs", json=OPENAI_JOB, timeout=TIMEOUT_S)
+    assert served.status_code == 200 and served.json()["format"] == "wav" and model.completed == 2
+    text = httpx.get(url + "/metrics").text
+    assert metric(text, "chatterbox_admission", stat="admitted") == 2 and metric(text, "chatterbox_admission",
+                                                                                 stat="in_flight") == 0
 
 
 def test_a_streamed_response_holds_its_slot_until_its_last_piece(slow_server):

@@ -1,10 +1,13 @@
 """Work nobody waits for stops: a client that leaves (whole clip, stream), REQUEST_TIMEOUT_S,
 and RunPod's cancel of the async handlers. The stepped stub leaves at its next step when its
 job's cancel scope is cancelled, as the engine does; each test checks the job left the model
-with the right reason, and that the worker goes on serving."""
+with the right reason, and that the worker goes on serving. A client that leaves is not the
+worker's fault: nothing is logged at ERROR or with a traceback for it."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 
 import httpx
@@ -28,8 +31,36 @@ def wait_until(condition, deadline_s: float = LEAVE_DEADLINE_S) -> bool:
     return True
 
 
-def test_a_whole_clip_client_that_leaves_stops_its_job(slow_server):
+@pytest.fixture
+def logged_faults(caplog):
+    """``logged_faults()`` starts watching (call it once the server runs: uvicorn's logging set-up
+    replaces its loggers' handlers) and returns a reader of the records logged as server faults:
+    ERROR or above, or with a traceback, from the worker or from uvicorn (whose loggers do not
+    reach the root logger)."""
+    watched: list[logging.Logger] = []
+
+    def watch():
+        caplog.set_level(logging.INFO)
+        uvicorn_logger = logging.getLogger("uvicorn")
+        uvicorn_logger.addHandler(caplog.handler)
+        watched.append(uvicorn_logger)
+        return lambda: [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+    yield watch
+    for watched_logger in watched:
+        watched_logger.removeHandler(caplog.handler)
+
+
+def requests_counted(url: str, outcome: str) -> float:
+    """``chatterbox_requests_total{route="speech", outcome=...}``; 0 before the first such request."""
+    pattern = rf'^chatterbox_requests_total{{outcome="{outcome}",route="speech"}} (\S+)$'  # labels sorted
+    match = re.search(pattern, httpx.get(url + "/metrics").text, flags=re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_whole_clip_client_that_leaves_stops_its_job(slow_server, logged_faults):
     url, model = slow_server(steps=400, max_concurrent_jobs=1)
+    faults = logged_faults()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/v1/audio/speech", json=SPEECH, timeout=CLIENT_GIVES_UP_S)
     assert wait_until(lambda: model.cancelled == ["client_gone"] and model.active == 0)
@@ -37,16 +68,22 @@ def test_a_whole_clip_client_that_leaves_stops_its_job(slow_server):
     model.steps = 2
     assert httpx.post(url + "/v1/audio/speech", json=SPEECH, timeout=TIMEOUT_S).status_code == 200
     assert metric(httpx.get(url + "/metrics").text, "chatterbox_cancelled_jobs_total", reason="client_gone") == 1
+    assert faults() == []
 
 
-def test_a_stream_client_that_leaves_after_its_first_bytes_stops_its_job(slow_server):
+def test_a_stream_client_that_leaves_after_its_first_bytes_stops_its_job(slow_server, logged_faults):
     url, model = slow_server(steps=400, max_concurrent_jobs=1)
+    faults = logged_faults()
+    cancelled_before = requests_counted(url, "cancelled")
     with httpx.stream("POST", url + "/v1/audio/speech", json={**SPEECH, "response_format": "pcm", "stream": True},
                       timeout=TIMEOUT_S) as stream:
         assert stream.status_code == 200
         assert next(stream.iter_bytes())
     assert wait_until(lambda: model.active == 0)
     assert model.completed == 0 and model.steps_run < model.steps
+    # The server has finished with the request once the middleware has counted it.
+    assert wait_until(lambda: requests_counted(url, "cancelled") > cancelled_before)
+    assert faults() == []
 
 
 def test_a_request_past_its_time_limit_is_stopped_with_a_clear_error(slow_server):

@@ -3,7 +3,8 @@
 New requests get 503 with ``Retry-After``; the job in flight finishes within the grace
 period, or is cancelled with a clear error after it; the conditionals disk tier is flushed
 with no partial file; the process exits 0. The queue mode's shutdown runs the same gate
-steps, checked in-process.
+steps, checked in-process here; SIGTERM to a queue worker process under the RunPod SDK's
+own loop is ``test_queue_sigterm.py``.
 """
 from __future__ import annotations
 
