@@ -3,6 +3,7 @@
 #
 #     bash bench/device_run.sh          # bench/decode.py only (the main benchmark)
 #     bash bench/device_run.sh all      # and bench/voice_path.py, bench/http.py
+#     bash bench/device_run.sh long     # bench/s3gen_ragged.py and bench/longform.py instead
 #
 # Prepare the wheels first where there is network (bash scripts/device_wheels.sh) and copy
 # .whl/ along with the working tree. $OUT names the folder the JSON results and log.txt are
@@ -99,7 +100,7 @@ for dist in ("torchaudio", "numpy", "transformers", "tokenizers", "safetensors",
         print(f"  {dist} (absent)")
 import perth
 assert perth.PerthImplicitWatermarker is not None, "perth's watermarker did not import (pkg_resources?)"
-import chatterbox.tts, handler, optimized_chatterbox, settings  # noqa: E401,F401
+import chatterbox.tts, handler, optimized_chatterbox, chatterbox_worker.settings  # noqa: E401,F401
 print("imports ok")
 EOF
 
@@ -108,8 +109,14 @@ step "random checkpoint (standard)" 240 "$PY" scripts/make_random_checkpoint.py 
   || exit 5
 
 # 4. The benchmarks.
-# shellcheck disable=SC2086  # DECODE_ARGS is a list of flags
-step "bench/decode.py" 330 "$PY" bench/decode.py --device "$DEVICE" --out "$OUT/$TAG-decode.json" ${DECODE_ARGS:-}
+if [[ "$MODE" == long ]]; then
+  step "bench/s3gen_ragged.py" 150 "$PY" bench/s3gen_ragged.py --device "$DEVICE" --out "$OUT/$TAG-s3gen-ragged.json"
+  step "bench/longform.py" 300 "$PY" bench/longform.py --device "$DEVICE" --tokens 200 \
+    --out "$OUT/$TAG-longform.json" --picture "$OUT/$TAG-longform-timeline.png"
+else
+  # shellcheck disable=SC2086  # DECODE_ARGS is a list of flags
+  step "bench/decode.py" 330 "$PY" bench/decode.py --device "$DEVICE" --out "$OUT/$TAG-decode.json" ${DECODE_ARGS:-}
+fi
 if [[ "$MODE" == all ]]; then
   step "bench/voice_path.py" 180 "$PY" bench/voice_path.py --device "$DEVICE" --reps "${VOICE_REPS:-10}" \
     --out "$OUT/$TAG-voice-path.json"

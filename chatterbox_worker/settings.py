@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     s3gen_max_batch: int = Field(
         8, ge=1, le=64,
         description="Most waiting S3Gen windows of unseeded jobs decoded in one call (1: each alone); seeded jobs are always decoded alone")
+    s3gen_ragged_batch: bool = Field(
+        False, description="Let waiting S3Gen windows of unequal length share a call (flow decoder over padded rows; "
+                           "measured no faster on a CPU, see bench/s3gen_ragged.py)")
 
     # -- HTTP mode ---------------------------------------------------------------------
     worker_mode: str = Field(

@@ -16,7 +16,8 @@ import torch
 from chatterbox.models.s3gen.const import S3GEN_SIL
 
 from chatterbox_worker.s3gen import noise as s3gen_noise
-from chatterbox_worker.s3gen.lane import S3GenLane, Window
+from chatterbox_worker.s3gen import ragged as s3gen_ragged
+from chatterbox_worker.s3gen.lane import S3GenLane, Window, same_shapes
 from chatterbox_worker.settings import get_settings
 
 # Speech-token ids at or above this are control tokens, not audio (the library's own cut).
@@ -127,11 +128,15 @@ class S3GenDecodingMixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # S3Gen's noise comes from each decode's own generators (s3gen_noise). One S3Gen call
+        # S3Gen's noise comes from each decode's own generators (s3gen.noise). One S3Gen call
         # runs at a time (two at once only contend for the same cores or GPU stream); the
-        # windows that wait meanwhile share the next call where they can (s3gen_batching).
+        # windows that wait meanwhile share the next call where they can (s3gen.lane); the flow
+        # decoder may be told to record its solves, for ragged calls (s3gen.ragged).
         s3gen_noise.install(self.s3gen)
-        self.s3gen_lane = S3GenLane(self._decode_windows, max_batch=get_settings().s3gen_max_batch)
+        s3gen_ragged.install(self.s3gen)
+        settings = get_settings()
+        self.s3gen_lane = S3GenLane(self._decode_windows, max_batch=settings.s3gen_max_batch,
+                                    ragged=settings.s3gen_ragged_batch)
 
     def run_s3gen(self, speech_tokens: torch.Tensor, gen: dict, *, seed: int | None = None,
                   exact_seed: bool = True, n_cfm_timesteps: int | None = None) -> np.ndarray:
@@ -141,7 +146,7 @@ class S3GenDecodingMixin:
         ``exact_seed``, the window is decoded alone: exactly the library's audio for that
         seed. Otherwise (no seed, or one drawn for the job rather than asked for) it may share
         an S3Gen call with other jobs' windows that wait at the same time, and its audio is
-        its solo decode's to within float rounding (s3gen_batching).
+        its solo decode's to within float rounding (s3gen.lane).
         """
         window = Window(tokens=speech_tokens.reshape(-1), gen=gen, n_cfm_timesteps=n_cfm_timesteps,
                         seed=seed if seed is not None else secrets.randbits(63),
@@ -149,8 +154,14 @@ class S3GenDecodingMixin:
         return self.s3gen_lane.decode(window)
 
     def _decode_windows(self, windows: Sequence[Window]) -> list[np.ndarray]:
-        """One S3Gen call for windows of equal length (the lane's ``decode``)."""
+        """One S3Gen call for the lane's windows: stacked when their shapes agree, else ragged."""
         first = windows[0]
+        if not all(same_shapes(first, w) for w in windows[1:]):
+            ragged = [s3gen_ragged.RaggedWindow(w.tokens.to(self.device), w.gen,
+                                                s3gen_noise.generators(w.seed, self.device)) for w in windows]
+            with torch.inference_mode():
+                wavs = s3gen_ragged.decode_ragged(self.s3gen, ragged, first.n_cfm_timesteps)
+            return [wav[0].detach().cpu().numpy().astype(np.float32, copy=False) for wav in wavs]
         kwargs = {} if first.n_cfm_timesteps is None else {"n_cfm_timesteps": first.n_cfm_timesteps}
         tokens = torch.stack([w.tokens for w in windows]).to(self.device)
         ref = {key: _batched_field([w.gen[key] for w in windows]) for key in first.gen}

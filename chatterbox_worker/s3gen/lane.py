@@ -8,7 +8,10 @@ Nothing waits on purpose: windows share a call only when they queue up behind an
 
 Two windows share a call when they have as many tokens, the same flow steps and voice
 conditionals of the same shapes (one voice, or voices whose prompts reached the library's
-length cap). Each row draws its own noise from its own seed (:mod:`s3gen_noise`), so a
+length cap). With ``ragged`` (``S3GEN_RAGGED_BATCH``), windows of unequal lengths or prompts
+share one too: the flow decoder runs over their padded rows and the rest alone
+(:mod:`chatterbox_worker.s3gen.ragged`; off by default, because on a CPU it measured no
+faster). Each row draws its own noise from its own seed (:mod:`chatterbox_worker.s3gen.noise`), so a
 shared row is its solo decode up to float rounding in the batched arithmetic (measured: at
 most 1.2e-7 on audio peaking near 0.07, a 250th of one 16-bit step). A window whose job
 asked for its seed (``exact``) wants exactly reproducible audio, so it is always decoded
@@ -29,6 +32,9 @@ from chatterbox_worker.contract.errors import is_out_of_memory
 from chatterbox_worker.engine.cancellation import current_scope
 
 logger = logging.getLogger(__name__)
+# Windows of unequal length share a call only while the longest is at most this many times the
+# shortest: past it, the padded frames cost more than the shared call saves.
+RAGGED_MAX_STRETCH = 1.5
 
 
 @dataclass(eq=False)  # compared by identity
@@ -57,13 +63,28 @@ def _shape(value: Any) -> tuple | None:
     return None if value is None else tuple(value.shape)
 
 
-def can_share(a: Window, b: Window) -> bool:
-    """Whether two windows can be rows of one S3Gen call."""
-    if a.exact or b.exact or a.n_cfm_timesteps != b.n_cfm_timesteps:
-        return False
+def same_shapes(a: Window, b: Window) -> bool:
+    """Whether two windows stack as they are: as many tokens, voice conditionals of one shape."""
     if _shape(a.tokens) != _shape(b.tokens) or a.gen.keys() != b.gen.keys():
         return False
     return all(_shape(a.gen[k]) == _shape(b.gen[k]) for k in a.gen)
+
+
+def frames(window: Window) -> int:
+    """The window's length in the flow decoder, in tokens: its voice prompt's and its own."""
+    prompt = window.gen.get("prompt_token")
+    return window.tokens.shape[-1] + (0 if prompt is None else prompt.shape[-1])
+
+
+def can_share(a: Window, b: Window, ragged: bool = False) -> bool:
+    """Whether two windows can be rows of one S3Gen call: stacked as they are, or (``ragged``)
+    with the flow decoder batched over padded rows (:mod:`s3gen.ragged`), the longest at most
+    RAGGED_MAX_STRETCH times the shortest so that padding does not eat the gain."""
+    if a.exact or b.exact or a.n_cfm_timesteps != b.n_cfm_timesteps or a.gen.keys() != b.gen.keys():
+        return False
+    if same_shapes(a, b):
+        return True
+    return ragged and max(frames(a), frames(b)) <= RAGGED_MAX_STRETCH * min(frames(a), frames(b))
 
 
 class S3GenLane:
@@ -72,11 +93,13 @@ class S3GenLane:
     ``decode(windows)`` returns one audio array per window, in order.
     """
 
-    def __init__(self, decode: Callable[[Sequence[Window]], list[Any]], max_batch: int = 1):
+    def __init__(self, decode: Callable[[Sequence[Window]], list[Any]], max_batch: int = 1, ragged: bool = False):
         # A shared call that runs out of memory halves this (each of its jobs retries alone
-        # or in smaller calls; see speech_pipeline.with_memory_retry).
+        # or in smaller calls; see pipeline.speech.with_memory_retry).
         self._decode = decode
         self.max_batch = max(1, max_batch)
+        # Windows of unequal length may share a call (S3GEN_RAGGED_BATCH).
+        self.ragged = ragged
         self._cond = threading.Condition()
         self._waiting: list[Window] = []
         self._busy = False
@@ -120,7 +143,7 @@ class S3GenLane:
         for other in self._waiting:
             if len(batch) >= self.max_batch:
                 break
-            if other is not first and not other.abandoned and can_share(first, other):
+            if other is not first and not other.abandoned and all(can_share(w, other, self.ragged) for w in batch):
                 batch.append(other)
         for window in batch:
             self._waiting.remove(window)

@@ -113,6 +113,57 @@ def test_windows_sharing_a_call_are_their_solo_decodes(model, voice):
     assert np.abs(shared[0] - shared[1]).max() > 1e-3  # each row drew its own noise
 
 
+def ragged_windows(model, voice, lengths=(5, 8, 11)) -> list:
+    """Unseeded windows of unequal lengths, the last with another voice's shorter prompt."""
+    from chatterbox_worker.s3gen.lane import Window
+    from chatterbox_worker.testing.demo_library import REPO_ROOT as REPO
+    from optimized_voice_library import OptimizedVoiceLibrary
+
+    other = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name("Bella")
+    shorter_voice = model.prepare_conditionals_from_array(
+        other.samples[: int(0.7 * PROMPT_SECONDS * other.sample_rate)].copy(), other.sample_rate).gen
+    gens = [voice] * (len(lengths) - 1) + [shorter_voice]
+    return [Window(tokens=tokens(i)[:n], gen=g, seed=50 + i, exact=False)
+            for i, (n, g) in enumerate(zip(lengths, gens))]
+
+
+def test_unequal_windows_share_the_flow_decoder_and_stay_their_solo_decodes(model, voice, monkeypatch):
+    """The ragged call (s3gen.ragged): one flow-decoder batch over padded rows, each window's
+    own encoder and vocoder; each window's audio is its solo decode to float rounding."""
+    from chatterbox_worker.s3gen import ragged
+
+    batches = []
+    solve_together = ragged.solve_together
+    monkeypatch.setattr(ragged, "solve_together", lambda decoder, solves: batches.append(len(solves))
+                        or solve_together(decoder, solves))
+    windows = ragged_windows(model, voice)
+    shared = model._decode_windows(windows)
+    assert batches == [len(windows)]
+    for w, audio in zip(windows, shared):
+        alone = model._decode_windows([w])[0]
+        assert audio.shape == alone.shape
+        assert np.abs(audio - alone).max() <= SHARED_CALL_TOLERANCE
+
+
+def test_a_ragged_lane_shares_unequal_waiting_windows(model, voice, monkeypatch):
+    from chatterbox_worker.s3gen.lane import S3GenLane
+
+    lane = S3GenLane(model._decode_windows, max_batch=8, ragged=True)
+    monkeypatch.setattr(model, "s3gen_lane", lane)
+    windows = ragged_windows(model, voice)
+    out = {}
+    threads = [threading.Thread(target=lambda w=w: out.setdefault(id(w), model.s3gen_lane.decode(w)))
+               for w in windows]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert lane.stats()["windows"] == len(windows) and lane.stats()["shared_calls"] >= 1
+    # Each got audio of its own length (the equivalence itself is the test above).
+    lengths = {len(out[id(w)]) for w in windows}
+    assert len(lengths) == len(windows)
+
+
 def test_unseeded_windows_waiting_together_share_a_call(model, voice):
     before = model.s3gen_lane.stats()
     threads = [threading.Thread(target=model.run_s3gen, args=(tokens(i), voice)) for i in range(3)]

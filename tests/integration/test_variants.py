@@ -184,6 +184,21 @@ def test_conditionals_are_never_shared_between_variants(variant_worker, variant_
     assert stats["misses"] == 2 and stats["entries"] == 2, stats
 
 
+def test_unequal_windows_in_one_call_are_their_solo_decodes(variant_model, speech):
+    """The ragged S3Gen call on each variant's decoder (Turbo's is the mean-flow solver)."""
+    from chatterbox_worker.s3gen.lane import Window
+
+    samples, sr = speech
+    gen = variant_model.prepare_conditionals_from_array(samples, sr).gen
+    steps = 2 if variant_model.variant == "turbo" else None
+    windows = [Window(tokens=torch.randint(0, 6561, (n,), generator=torch.Generator().manual_seed(n)), gen=gen,
+                      seed=60 + n, exact=False, n_cfm_timesteps=steps) for n in (4, 7)]
+    shared = variant_model._decode_windows(windows)
+    for w, audio in zip(windows, shared):
+        alone = variant_model._decode_windows([w])[0]
+        assert audio.shape == alone.shape and np.abs(audio - alone).max() <= 1e-6
+
+
 @pytest.mark.parametrize("variant_model", ["turbo"], indirect=True)
 def test_turbo_normalises_loudness_like_the_library(variant_model, speech):
     samples, sr = speech

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from chatterbox_worker.s3gen.lane import S3GenLane, Window, can_share
+from chatterbox_worker.s3gen.lane import RAGGED_MAX_STRETCH, S3GenLane, Window, can_share, frames
 
 VOICE = {"prompt_token": np.zeros((1, 75)), "prompt_feat": np.zeros((1, 150, 80)), "prompt_feat_len": None,
          "embedding": np.zeros((1, 192))}
@@ -70,6 +70,32 @@ def test_windows_share_only_with_equal_shapes_steps_and_no_seed():
     shorter = {**VOICE, "prompt_feat": np.zeros((1, 120, 80))}
     assert not can_share(window(), window(gen=shorter))
     assert not can_share(window(), window(gen={**VOICE, "prompt_feat_len": np.zeros(1)}))
+
+
+def test_ragged_lanes_also_share_unequal_lengths_within_the_stretch():
+    shorter = {**VOICE, "prompt_token": np.zeros((1, 60)), "prompt_feat": np.zeros((1, 120, 80))}
+    assert can_share(window(16), window(17), ragged=True)
+    assert can_share(window(), window(gen=shorter), ragged=True)  # another voice, another prompt length
+    assert frames(window(16)) == 16 + 75
+    longest = int(RAGGED_MAX_STRETCH * frames(window(1))) - 75
+    assert can_share(window(1), window(longest), ragged=True)
+    assert not can_share(window(1), window(longest + 1), ragged=True)
+    # What never shares stays apart in a ragged lane too.
+    assert not can_share(window(16), window(17, exact=True), ragged=True)
+    assert not can_share(window(16, steps=2), window(17), ragged=True)
+    assert not can_share(window(), window(gen={**VOICE, "extra": np.zeros(1)}), ragged=True)
+
+
+def test_a_ragged_lane_takes_unequal_waiting_windows_into_one_call():
+    decoder = GatedDecoder()
+    lane = S3GenLane(decoder, max_batch=8, ragged=True)
+    waiting = [window(14, value=2), window(18, value=3), window(16, value=4, exact=True)]
+    out = decode_in_threads(lane, decoder, window(value=1), waiting)
+    assert not out["errors"]
+    # Whichever waiting thread wakes first makes the next call; the exact window is alone either way.
+    assert sorted(sorted(len(w.tokens) for w in call) for call in decoder.calls) == [[14, 18], [16], [16]]
+    for w in [*waiting]:
+        assert np.array_equal(out["results"][id(w)], w.tokens * 2)
 
 
 def test_waiting_windows_share_the_next_call_and_each_gets_its_own_audio():
