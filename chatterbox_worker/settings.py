@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     stream_lookahead_chunks: int = Field(
         1, ge=0, le=4,
         description="Sentence chunks of a stream whose speech tokens are drawn while earlier audio is sent (0: none)")
+    stream_windows_ahead: int = Field(
+        1, ge=0, le=16,
+        description="Windows of speech tokens a stream may draw ahead of the one being decoded (0: no bound)")
 
     # -- load and faults -----------------------------------------------------------------
     max_queued_requests: int = Field(

@@ -141,10 +141,12 @@ class T3Engine:
 
     @torch.inference_mode()
     def submit(self, t3_cond, text_tokens: torch.Tensor, params: SamplingParams,
-               forced_tokens: list[int] | None = None, flush_every: int | None = 1) -> TokenStream:
+               forced_tokens: list[int] | None = None, flush_every: int | None = 1,
+               max_ahead: int | None = None) -> TokenStream:
         """Queue a job; its prefill embeddings are built here, on the caller's thread.
 
-        The stream hands tokens over in groups of ``flush_every`` (None: all at the end).
+        The stream hands tokens over in groups of ``flush_every`` (None: all at the end),
+        and with ``max_ahead`` draws no further ahead of what its caller took (paced).
         """
         embeds, len_cond = self.recipe.prefill_embeds(t3_cond, text_tokens, params)
         if embeds.size(1) >= self.max_len - 1:
@@ -154,7 +156,7 @@ class T3Engine:
         request = EngineRequest(
             prompt_embeds=embeds.detach(), params=params, num_rows=embeds.size(0),
             seed=params.seed if params.seed is not None else secrets.randbits(63),
-            analyzer=self.recipe.make_analyzer(len_cond, n_text), outbox=TokenOutbox(flush_every),
+            analyzer=self.recipe.make_analyzer(len_cond, n_text), outbox=TokenOutbox(flush_every, max_ahead),
             forced_tokens=list(forced_tokens) if forced_tokens is not None else None)
         scope = current_scope()
         if scope is not None:
@@ -165,7 +167,11 @@ class T3Engine:
             self._lock.notify()
         if scope is not None:  # a job nobody waits for leaves the batch at the next step
             scope.on_cancel(lambda error: self.abort(request, error))
-        return TokenStream(request, self.abort)
+        return TokenStream(request, self.abort, self._wake)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify()
 
     def abort(self, request: EngineRequest, error: BaseException | None = None) -> None:
         """Cancel a job; the loop ends it at its next step, handing its caller ``error`` if given."""
@@ -189,7 +195,9 @@ class T3Engine:
                 self._accept(request, draw)
         self._release_finished()
         stepping = [r for r in self.scheduler.running if not r.has_logits]
-        if stepping:
+        # Paced requests that are held ride along in a step that runs for others (their rows
+        # are in the batch; the runner keeps their position), and no step runs for them alone.
+        if any(not r.outbox.held for r in stepping):
             self._decode(stepping)
 
     def _release_finished(self) -> None:
@@ -306,13 +314,20 @@ class T3Engine:
                     self._fail_running(exc)
 
     def _wait_for_work(self) -> bool:
-        """Block until a job waits or runs; False once the engine is stopping with none left."""
+        """Block until there is a step to run; False once the engine is stopping with no job left."""
         with self._lock:
-            while not self.scheduler.has_work:
-                if self._stopping:
+            while not self._can_step():
+                if self._stopping and not self.scheduler.has_work:
                     return False
                 self._lock.wait()
         return True
+
+    def _can_step(self) -> bool:
+        """A job waits, or a running one is not held (paced), has a draw to take, or must end."""
+        if self.scheduler.waiting:
+            return True
+        return any(not r.outbox.held or r.has_logits or r.cancel_requested or r.status.is_finished
+                   for r in self.scheduler.running)
 
     def _recover(self, exc: BaseException) -> None:
         """Out of memory: fewer jobs at once, the jobs in flight restart once; anything else fails them."""

@@ -48,19 +48,31 @@ def cast_backbone_layers(t3, dtype: torch.dtype) -> None:
 
 
 class _RowLayout:
-    """A decode batch's row tensors, rebuilt only when its requests change (else advanced a step)."""
+    """A decode batch's row tensors, rebuilt only when its requests change (else advanced a step).
+
+    A held (paced) request rides along without advancing: its rows decode its last token at
+    the same position again, and the runner drops what that step gave it.
+    """
 
     def __init__(self):
         self.key: tuple = ()
 
     def update(self, requests: Sequence[EngineRequest], device) -> None:
-        key = tuple(r.run_key for r in requests)
+        held = tuple(r.outbox.held for r in requests)
+        key = (tuple(r.run_key for r in requests), held)
         if key == self.key:
-            self.positions += 1
-            self.steps += 1
+            if any(held):
+                self.positions += self.row_advance
+                self.steps += self.job_advance
+            else:
+                self.positions += 1
+                self.steps += 1
             return
         self.key = key
         rows = [r.num_rows for r in requests]
+        self.job_advance = torch.tensor([0 if h else 1 for h in held], device=device)
+        self.row_advance = torch.tensor([0 if h else 1 for h, r in zip(held, requests) for _ in range(r.num_rows)],
+                                        device=device)[:, None]
         self.n_rows = sum(rows)
         self.uniform_rows = rows[0] if len(set(rows)) == 1 else None
         self.rows_per = torch.tensor(rows, device=device)
@@ -172,13 +184,14 @@ class ModelRunner:
                                                       length, prefill=False, capture_rows=capture_rows or None)
         logits = self._speech_logits(hidden, n_rows)
         r = 0
-        for request in requests:
-            request.state.logits = logits[r:r + request.num_rows]
-            if attention:
-                request.state.attention = {key[1]: v for key, v in attention.items() if key[0] == r}
-            request.num_cached += 1
+        for request, held in zip(requests, layout.key[1]):
+            if not held:  # a held request's step is dropped: it decodes this position again later
+                request.state.logits = logits[r:r + request.num_rows]
+                if attention:
+                    request.state.attention = {key[1]: v for key, v in attention.items() if key[0] == r}
+                request.num_cached += 1
             r += request.num_rows
-        self.counters.note_batch(len(requests))
+        self.counters.note_batch(len(requests) - sum(layout.key[1]))
 
     def _speech_logits(self, hidden: torch.Tensor, n_rows: int) -> torch.Tensor:
         head = self.t3.speech_head

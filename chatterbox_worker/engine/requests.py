@@ -43,13 +43,38 @@ class TokenOutbox:
     ``flush_every`` None wakes the caller once, at the end: a basic-mode caller needs no
     wake-up per token, a streaming caller asks for its window size. A replay after an
     out-of-memory step redraws the tokens already handed over; ``delivered`` skips them.
+
+    ``max_ahead`` paces a stream: once that many tokens wait in the queue, untaken, the
+    request is ``held`` and the engine draws none for it until its caller takes some
+    (``take``). A stream then never runs further ahead of its listener than that, and the
+    compute it would spend sooner goes to other work (on a CPU, the S3Gen decode of the
+    window being sent). Tokens still in the buffer never count, so a held request always
+    has tokens its caller can take.
     """
 
-    def __init__(self, flush_every: int | None = 1):
+    def __init__(self, flush_every: int | None = 1, max_ahead: int | None = None):
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.flush_every = flush_every
+        self.max_ahead = max_ahead
         self.delivered = 0
+        self.handed = 0  # tokens put on the queue
+        self.taken = 0  # tokens the caller took off it
         self._buffer: list[int] = []
+
+    @property
+    def waiting(self) -> int:
+        """Tokens on the queue that the caller has not taken yet."""
+        return self.handed - self.taken
+
+    @property
+    def held(self) -> bool:
+        return self.max_ahead is not None and self.waiting >= self.max_ahead
+
+    def take(self, count: int) -> bool:
+        """The caller took ``count`` tokens; True if that releases a held request."""
+        was_held = self.held
+        self.taken += count
+        return was_held and not self.held
 
     def push(self, token: int, step: int) -> bool:
         """Hand over the request's ``step``-th token unless a previous run already did; True if new."""
@@ -63,6 +88,7 @@ class TokenOutbox:
 
     def flush(self) -> None:
         if self._buffer:
+            self.handed += len(self._buffer)
             self.queue.put(self._buffer)
             self._buffer = []
 

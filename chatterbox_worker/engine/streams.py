@@ -13,9 +13,11 @@ class TokenStream:
     times the engine restarted it after running out of memory.
     """
 
-    def __init__(self, request: EngineRequest, abort: Callable[[EngineRequest], None]):
+    def __init__(self, request: EngineRequest, abort: Callable[[EngineRequest], None],
+                 wake: Callable[[], None] = lambda: None):
         self._request = request
         self._abort = abort
+        self._wake = wake  # the engine, when taking tokens releases a held (paced) request
 
     @property
     def retries(self) -> int:
@@ -24,6 +26,16 @@ class TokenStream:
     @property
     def seed(self) -> int:
         return self._request.seed
+
+    @property
+    def finished(self) -> bool:
+        """The engine has drawn every token of the job (or ended it)."""
+        return self._request.status.is_finished
+
+    @property
+    def waiting(self) -> int:
+        """Tokens drawn and handed over that the caller has not taken yet."""
+        return self._request.outbox.waiting
 
     @property
     def logits(self) -> list:
@@ -38,6 +50,8 @@ class TokenStream:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                if self._request.outbox.take(len(item)):
+                    self._wake()
                 yield from item
         finally:
             self.close()

@@ -91,6 +91,14 @@ def _flush_every(chunk_size: int, first_chunk_size: int | None) -> int:
     return math.gcd(first_chunk_size, chunk_size) if first_chunk_size else chunk_size
 
 
+def _max_ahead(chunk_size: int, first_chunk_size: int | None) -> int | None:
+    """A stream's pace (STREAM_WINDOWS_AHEAD): T3 may draw this many tokens beyond those its
+    S3Gen decode has taken, so the next window is ready when the current one is sent, and
+    the compute beyond that goes to the decode in progress (and to the jobs beside it)."""
+    windows = get_settings().stream_windows_ahead
+    return windows * max(chunk_size, first_chunk_size or 0) if windows else None
+
+
 class WindowStream:
     """A stream's windows; ``close`` also cancels its engine job when no window was taken
     yet (closing a generator that never started runs none of its code)."""
@@ -103,6 +111,16 @@ class WindowStream:
 
     def __next__(self) -> np.ndarray:
         return next(self._windows)
+
+    @property
+    def tokens_done(self) -> bool:
+        """T3 has drawn every token of this stream."""
+        return self._tokens.finished
+
+    @property
+    def tokens_waiting(self) -> int:
+        """Tokens drawn that the stream's S3Gen decode has not taken yet."""
+        return self._tokens.waiting
 
     def close(self) -> None:
         close = getattr(self._windows, "close", None)
@@ -205,15 +223,17 @@ class EngineGenerationMixin:
         """
         options = options or self.generation_defaults
         job = self.decode_job(text, conditionals, options)
-        tokens = self.speech_tokens(job, flush_every=_flush_every(chunk_size, first_chunk_size))
+        tokens = self.speech_tokens(job, flush_every=_flush_every(chunk_size, first_chunk_size),
+                                    max_ahead=_max_ahead(chunk_size, first_chunk_size))
         return WindowStream(self._stream(job, chunk_size, options.watermark, first_chunk_size, tokens), tokens)
 
     def speech_tokens(self, job: DecodeJob, *, forced_tokens: list[int] | None = None,
-                      flush_every: int | None = 1) -> TokenStream:
+                      flush_every: int | None = 1, max_ahead: int | None = None) -> TokenStream:
         """The job's speech tokens as the engine draws them (its stop token excluded),
-        handed over every ``flush_every`` tokens (None: all at the end)."""
+        handed over every ``flush_every`` tokens (None: all at the end), at most
+        ``max_ahead`` of them waiting for the caller (None: no bound)."""
         return self.engine.submit(job.t3_cond, job.text_tokens, job.params, forced_tokens=forced_tokens,
-                                  flush_every=flush_every)
+                                  flush_every=flush_every, max_ahead=max_ahead)
 
     def _stream(self, job: DecodeJob, chunk_size: int, watermark: bool,
                 first_chunk_size: int | None = None, tokens: TokenStream | None = None) -> Iterator[np.ndarray]:
