@@ -28,7 +28,6 @@ measures, in one process:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -51,7 +50,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Room for the largest batch measured (the worker's own default follows its concurrency).
 os.environ.setdefault("ENGINE_MAX_SLOTS", "16")
 
-from bench.random_checkpoint import checkpoint_dir  # noqa: E402 (after the path set-up above)
+from bench.random_checkpoint import checkpoint_dir  # noqa: E402
+from bench.report import finish  # noqa: E402 (after the path set-up above)
 
 logger = logging.getLogger("benchmark")
 
@@ -448,11 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = run(args)
-    print(table(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"wrote {args.out}")
+    finish(result, table(result), args.out)
     return 0
 
 

@@ -9,7 +9,9 @@ measures, in one process, on a fixed 16-sentence prose text (PROSE):
   job with PARALLEL_SLOTS chunks at once, and ``speedup`` = sequential_s / parallel_s;
   both without a seed of the job's own, as most jobs arrive, so S3Gen windows of equal
   length may share calls;
-- the first 8 sentences streamed, before (``STREAM_LOOKAHEAD_CHUNKS=0``) and after (1):
+- the first 8 sentences streamed three ways: ``before`` (no look-ahead, no pacing:
+  ``STREAM_LOOKAHEAD_CHUNKS=0``, ``STREAM_WINDOWS_AHEAD=0``), ``unpaced`` (look-ahead 1, no
+  pacing) and ``after`` (look-ahead 1, paced one window ahead, the defaults):
   ``stream_first_audio_s``, ``stream_max_gap_s`` (largest gap between consecutive audio
   items) and ``stream_median_window_gap_s`` (median gap between windows inside a sentence);
 - ``longform_*``: a 100,000-character job through the stub model in its own process
@@ -50,6 +52,7 @@ os.environ.setdefault("ENGINE_MAX_SLOTS", str(PARALLEL_SLOTS))
 
 from bench.longform_timeline import draw_timeline  # noqa: E402 (after the path set-up above)
 from bench.random_checkpoint import checkpoint_dir  # noqa: E402
+from bench.report import finish  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
@@ -202,11 +205,16 @@ def stream_gaps(items: list[dict[str, Any]]) -> dict[str, float]:
             "max_over_median": max(gaps) / statistics.median(inside) if inside else float("nan")}
 
 
-def stream_run(worker, job, recorder: Recorder, lookahead: int) -> dict[str, Any]:
+# (name, STREAM_LOOKAHEAD_CHUNKS, STREAM_WINDOWS_AHEAD) of each streamed run.
+STREAM_RUNS = (("before", 0, 0), ("unpaced", 1, 0), ("after", 1, 1))
+
+
+def stream_run(worker, job, recorder: Recorder, lookahead: int, windows_ahead: int) -> dict[str, Any]:
     from chatterbox_worker.pipeline.speech import speak_stream
     from chatterbox_worker.settings import get_settings
 
     os.environ["STREAM_LOOKAHEAD_CHUNKS"] = str(lookahead)
+    os.environ["STREAM_WINDOWS_AHEAD"] = str(windows_ahead)
     get_settings.cache_clear()
     recorder.restart()
     text = " ".join(PROSE[:STREAM_SENTENCES])
@@ -259,8 +267,10 @@ def run(args) -> dict[str, Any]:
                       speedup=sequential["seconds"] / parallel["seconds"], basic_audio_s=parallel["audio_s"])
         logger.info("stream: %d sentences without, then with look-ahead", STREAM_SENTENCES)
         stream_job = speech_job(model, conds, args.stream_tokens)
-        before, after = (stream_run(worker, stream_job, recorder, n) for n in (0, 1))
-        for name, figures in (("before", before), ("after", after)):
+        runs = {name: stream_run(worker, stream_job, recorder, lookahead, ahead)
+                for name, lookahead, ahead in STREAM_RUNS}
+        before, after = runs["before"], runs["after"]
+        for name, figures in runs.items():
             for key in ("first_audio_s", "max_gap_s", "median_window_gap_s", "max_over_median"):
                 result[f"stream_{key}_{name}"] = figures[key]
         result["engine"] = model.engine_stats().as_dict()
@@ -284,7 +294,7 @@ def table(r: dict[str, Any]) -> str:
             (f"basic, 16 sentences: {r['parallel_slots']} at once s", f"{r['parallel_s']:.1f}", ""),
             ("speedup", f"{r['speedup']:.2f}x", "goal >= 1.8x"),
         ]
-        for name in ("before", "after"):
+        for name, _, _ in STREAM_RUNS:
             rows += [(f"stream {name}: first audio / max gap / median window gap s",
                       f"{r[f'stream_first_audio_s_{name}']:.2f} / {r[f'stream_max_gap_s_{name}']:.2f} / "
                       f"{r[f'stream_median_window_gap_s_{name}']:.2f}",
@@ -310,14 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = run(args)
-    print(table(result))
+    finish(result, table(result), args.out)
     if "timeline" in result and args.picture:
         draw_timeline(result["timeline"], args.picture, title=f"{result['device']}, {result['chunk_tokens']} tokens a chunk")
         print(f"drew {args.picture}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"wrote {args.out}")
     return 0
 
 
