@@ -114,7 +114,12 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps({"levels": rows, "setup": setup}, indent=2) + "\n")
     print_table(rows)
     if args.plot:
-        plot(rows, args.plot, f"{SLOTS} slots, {MAX_QUEUED} places in line, {TOKENS} tokens a request ({setup['model']})")
+        plot(rows, args.plot, plot_title(setup))
+
+
+def plot_title(setup: dict[str, Any]) -> str:
+    return (f"{setup['slots']} slots, {setup['max_queued']} places in line, {setup['tokens']} tokens a request\n"
+            f"{setup['model']}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ decodes the same unseeded windows two ways, REPS times each, alternating:
 Two sets of windows: ``chunks``, the basic-mode chunks of a job (one voice, WINDOW_TOKENS
 lengths), and ``voices``, the same lengths with every other window in a second voice whose
 prompt is shorter. It reports medians, the ratio ``alone / ragged`` per set, the largest
-difference between a window's audio alone and in the ragged call, and peak memory.
+difference between a window's audio alone and in the ragged call, peak memory, and
+``parts``: one window's encoder, flow decoder and vocoder seconds (what batching can reach).
 
     python bench/s3gen_ragged.py --out bench/results/vm-cpu-s3gen-ragged.json      # ~6 min, 2 CPU cores
     python bench/s3gen_ragged.py --device cuda --out bench/results/gpu-s3gen-ragged.json
@@ -97,6 +98,28 @@ def compare(model, windows, device: str) -> dict[str, Any]:
             "max_abs_diff": diff, "audio_peak": peak}
 
 
+def parts(model, window, device: str) -> dict[str, float]:
+    """Seconds of one window's S3Gen parts alone: the encoder (its solve only recorded), the
+    flow decoder's solve, and the vocoder."""
+    import torch
+
+    from chatterbox_worker.s3gen import noise, ragged
+
+    solves: list = []
+    rows = noise.generators(window.seed, model.device)
+    tokens = window.tokens[None].to(model.device)
+    with torch.inference_mode(), noise.drawing_from(rows):
+        with ragged.deferring(solves):
+            encoder_s, placeholder = timed(
+                lambda: model.s3gen.flow_inference(tokens, ref_dict=dict(window.gen), finalize=True), device)
+        decoder_s, (row,) = timed(lambda: ragged.solve_together(model.s3gen.flow.decoder, solves), device)
+        mel = row[:, :, row.size(-1) - placeholder.size(-1):]
+        vocoder_s, _ = timed(lambda: model.s3gen.hift_inference(mel, None), device)
+    total = encoder_s + decoder_s + vocoder_s
+    return {"window_tokens": int(window.tokens.numel()), "encoder_s": encoder_s, "decoder_s": decoder_s,
+            "vocoder_s": vocoder_s, "decoder_share": decoder_s / total}
+
+
 def run(args) -> dict[str, Any]:
     import torch
 
@@ -109,6 +132,7 @@ def run(args) -> dict[str, Any]:
     lengths = CUDA_WINDOW_TOKENS if device == "cuda" else WINDOW_TOKENS
     model._decode_windows(windows_for(lengths[:2], [gen]))  # warm-up
     result: dict[str, Any] = {**environment(device), "reps": REPS}
+    result["parts"] = parts(model, windows_for(lengths[1:2], [gen])[0], device)
     for name, gens in (("chunks", [gen]), ("voices", [gen, other])):
         logger.info("%s: %d windows alone, then in one ragged call", name, len(lengths))
         result[name] = compare(model, windows_for(lengths, gens), device)
@@ -120,6 +144,10 @@ def run(args) -> dict[str, Any]:
 
 def table(r: dict[str, Any]) -> str:
     rows = [("device", r["device"], f"{r['threads']} threads")]
+    p = r["parts"]
+    rows.append((f"one {p['window_tokens']}-token window: encoder / decoder / vocoder s",
+                 f"{p['encoder_s']:.2f} / {p['decoder_s']:.2f} / {p['vocoder_s']:.2f}",
+                 f"decoder {p['decoder_share']:.0%}"))
     for name in ("chunks", "voices"):
         s = r[name]
         rows += [(f"{name}: tokens per window", ",".join(map(str, s["window_tokens"])), ""),

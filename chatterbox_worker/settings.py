@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     # this many engine slots, so a chapter leaves the rest to the jobs beside it (4 is half
     # of a GPU worker's 8). 1 speaks the chunks one after another.
     job_chunk_slots: int = Field(
-        4, ge=1, le=64, description="Most sentence chunks of one job decoded at once (1: one after another)")
+        4, ge=1, le=64, description="Most sentence chunks of one job drawing speech tokens at once (1: one after another)")
     stream_lookahead_chunks: int = Field(
         1, ge=0, le=4,
         description="Sentence chunks of a stream whose speech tokens are drawn while earlier audio is sent (0: none)")

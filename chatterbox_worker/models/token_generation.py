@@ -27,6 +27,7 @@ from chatterbox_worker.models.options import GenerationOptions
 from chatterbox_worker.models.registry import VariantSpec
 from chatterbox_worker.models.s3gen_windows import SPEECH_VOCAB_SIZE, decode_window, stream_windows
 from chatterbox_worker.pipeline.job_metrics import note_memory_retries
+from chatterbox_worker.pipeline.parallel_chunks import tokens_drawn
 from chatterbox_worker.settings import get_settings
 
 SPEECH_START_TOKEN = SPEECH_VOCAB_SIZE  # T3's start-of-speech token (hp.start_speech_token)
@@ -203,6 +204,7 @@ class EngineGenerationMixin:
         job = self.decode_job(text, conditionals, options)
         tokens_stream = self.speech_tokens(job, flush_every=None)
         tokens = list(tokens_stream)
+        tokens_drawn()  # a chunk decoded side by side frees its T3 slot while S3Gen decodes it
         note_memory_retries(tokens_stream.retries)  # the engine replayed the job after running out of memory
         if job.cut_at_start_token and SPEECH_START_TOKEN in tokens:
             tokens = tokens[tokens.index(SPEECH_START_TOKEN) + 1:]

@@ -5,16 +5,21 @@ engine, batched with all the others into shared T3 steps (and, for unseeded jobs
 S3Gen calls). So running a job's chunks from a few threads at once is what puts them side
 by side in the batch.
 
-Policy: one job has at most ``JOB_CHUNK_SLOTS`` chunks in flight (default 4: half of a GPU
-worker's 8 engine slots), so a chapter never takes every slot from the jobs beside it; the
-engine admits waiting jobs in arrival order. Finished chunks wait for the ones before them
-in a window of twice that many, so memory holds a bounded number of chunks however long
-the text. Each chunk draws from its own seed (:func:`chunk_plan.chunk_seed`): the audio
-does not depend on what ran beside it. ``JOB_CHUNK_SLOTS=1`` speaks one chunk after
-another on the calling thread, as before.
+Policy: one job has at most ``JOB_CHUNK_SLOTS`` chunks drawing speech tokens at once
+(default 4: half of a GPU worker's 8 engine slots), so a chapter never takes every T3 slot
+from the jobs beside it; the engine admits waiting jobs in arrival order. A chunk whose
+tokens are drawn gives its slot to the next chunk (:func:`tokens_drawn`, which the model
+calls) while it waits for its S3Gen decode, so the decode lane never starves T3 of chunks.
+At most twice that many chunks are in flight, and finished ones wait for the ones before
+them in that window, so memory holds a bounded number of chunks however long the text.
+Each chunk draws from its own seed (:func:`chunk_plan.chunk_seed`): the audio does not
+depend on what ran beside it. Each runs in a copy of the caller's context, so the job's
+cancel scope and counters reach it. ``JOB_CHUNK_SLOTS=1`` speaks one chunk after another
+on the calling thread, as before.
 """
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -26,9 +31,20 @@ from chatterbox_worker.pipeline.chunk_plan import Chunk
 
 Synthesize = Callable[[Chunk], np.ndarray]
 Progress = Callable[[int, int], None]
-# Chunks decoded ahead of the oldest unfinished one, per slot: enough that a slot freed by
-# a short chunk finds the next chunk ready to go.
+# Chunks in flight per slot (drawing tokens, waiting for S3Gen, or done and waiting for the
+# chunks before them): enough that a freed slot finds the next chunk ready to go.
 WINDOW_PER_SLOT = 2
+# Set in each chunk's context: called once its speech tokens are all drawn.
+_TOKENS_DRAWN: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "chatterbox_chunk_tokens_drawn", default=None)
+
+
+def tokens_drawn() -> None:
+    """The model's word that this call's T3 is done: a chunk decoded side by side gives its
+    slot to the next chunk while it waits for S3Gen. Elsewhere nothing happens."""
+    release = _TOKENS_DRAWN.get()
+    if release is not None:
+        release()
 
 
 class _Counter:
@@ -58,15 +74,40 @@ def _one_after_another(chunks: list[Chunk], synthesize: Synthesize, counter: _Co
         yield wav
 
 
+class _Slots:
+    """At most ``n`` chunks drawing tokens; a chunk holds its slot until :func:`tokens_drawn`
+    or its end, whichever comes first."""
+
+    def __init__(self, n: int):
+        self._free = threading.Semaphore(n)
+
+    def run(self, synthesize: Synthesize, chunk: Chunk) -> np.ndarray:
+        self._free.acquire()
+        held = [True]
+
+        def release() -> None:
+            if held[0]:
+                held[0] = False
+                self._free.release()
+
+        _TOKENS_DRAWN.set(release)  # in this chunk's own context copy
+        try:
+            return synthesize(chunk)
+        finally:
+            release()
+
+
 def _side_by_side(chunks: list[Chunk], synthesize: Synthesize, counter: _Counter,
                   slots: int) -> Iterator[np.ndarray]:
-    window = slots * WINDOW_PER_SLOT
+    window = min(slots * WINDOW_PER_SLOT, len(chunks))
     pending: deque[Future] = deque()
     upcoming = iter(chunks)
-    with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="chunk") as pool:
+    t3_slots = _Slots(slots)
+    with ThreadPoolExecutor(max_workers=window, thread_name_prefix="chunk") as pool:
         try:
             for chunk in upcoming:
-                future = pool.submit(synthesize, chunk)
+                # A copy of the caller's context: the job's cancel scope and counters.
+                future = pool.submit(contextvars.copy_context().run, t3_slots.run, synthesize, chunk)
                 future.add_done_callback(counter.tick_if_done)
                 pending.append(future)
                 if len(pending) >= window:

@@ -70,3 +70,22 @@ def tiny_text_tokens(t3, n: int = 12, seed: int = 0) -> torch.Tensor:
     body = torch.randint(1, min(hp.text_tokens_dict_size, 700), (1, n), generator=g)
     body[body == hp.start_text_token] = 1
     return torch.cat([torch.tensor([[hp.start_text_token]]), body, torch.tensor([[hp.stop_text_token]])], dim=1)
+
+
+def tiny_sampling(seed: int, n: int, temperature: float = 0.8):
+    """The library's usual sampling settings for a tiny-T3 job of ``n`` tokens."""
+    from chatterbox_worker.engine import SamplingParams
+
+    return SamplingParams(max_new_tokens=n, seed=seed, temperature=temperature, cfg_weight=0.5,
+                          repetition_penalty=1.2, min_p=0.05, top_p=1.0)
+
+
+def tiny_engine_with_jobs(count: int, n: int, max_slots: int = 4):
+    """A decode engine over a 2-layer tiny T3, and ``count`` seeded jobs of ``n`` tokens
+    (conditionals, text, sampling) ready to submit."""
+    from chatterbox_worker.engine import EngineConfig, T3Engine
+
+    t3 = build_tiny_t3("standard", layers=2)
+    engine = T3Engine(t3, "standard", EngineConfig(max_slots=max_slots, max_context_tokens=512))
+    cond = tiny_conditionals(t3)
+    return engine, [(cond, tiny_text_tokens(t3, seed=i), tiny_sampling(seed=i, n=n)) for i in range(count)]

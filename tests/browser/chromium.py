@@ -104,3 +104,19 @@ def speak_and_wait(page, text: str, timeout_ms: float = UI_TIMEOUT_MS) -> None:
 def stamp_ms(page, output_id: str) -> int:
     """One of the page's timestamps (ms since the request left, on the browser's clock)."""
     return int(page.get_attribute(f"#{output_id}", "data-ms"))
+
+
+def save_voice_through_page(page, folder: Path, name: str, timeout_ms: float = UPLOAD_TIMEOUT_MS) -> str:
+    """Fill the page's voice form with a 6 s clip, save it, and wait for it to be the voice
+    selected; returns its id."""
+    import base64
+
+    from chatterbox_worker.testing.audio_payloads import make_wav_b64
+
+    reference = folder / "reference.wav"
+    reference.write_bytes(base64.b64decode(make_wav_b64(seconds=6.0)))
+    page.fill("#upload-name", name)
+    page.set_input_files("#upload-file", str(reference))
+    page.click("#upload")
+    expect(page.locator("#voice option:checked")).to_contain_text(name, timeout=timeout_ms)
+    return page.input_value("#voice")

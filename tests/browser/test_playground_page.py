@@ -17,6 +17,7 @@ from tests.browser.chromium import (
     UPLOAD_TIMEOUT_MS,
     expect,
     open_page,
+    save_voice_through_page,
     speak_and_wait,
     stamp_ms,
     wait_for_voices,
@@ -114,13 +115,7 @@ def test_download_decodes(page, tmp_path, fmt, streamed):
 
 def test_upload_a_voice_speak_with_it_and_delete_it(page, tmp_path, served):
     wait_for_voices(page)
-    reference = tmp_path / "reference.wav"
-    reference.write_bytes(base64.b64decode(make_wav_b64(seconds=6.0)))
-    page.fill("#upload-name", "Browser Voice")
-    page.set_input_files("#upload-file", str(reference))
-    page.click("#upload")
-    expect(page.locator("#voice option:checked")).to_contain_text("Browser Voice", timeout=UPLOAD_TIMEOUT_MS)
-    voice_id = page.input_value("#voice")
+    voice_id = save_voice_through_page(page, tmp_path, "Browser Voice")
     assert voice_id in {v["id"] for v in httpx.get(f"{served}/v1/audio/voices").json()["voices"]}
 
     with page.expect_request("**/v1/audio/speech") as request:

@@ -3,15 +3,13 @@ during a whole visit (load, speak streamed and whole, download, upload, delete) 
 and each must be one of the routes below."""
 from __future__ import annotations
 
-import base64
 import re
 from urllib.parse import urlsplit
 
 import pytest
 
 from chatterbox_worker.http.routers.playground import ASSET_PREFIX, ASSETS, CONFIG_PATH, PAGE_PATHS
-from chatterbox_worker.testing.audio_payloads import make_wav_b64
-from tests.browser.chromium import UPLOAD_TIMEOUT_MS, expect, speak_and_wait, wait_for_voices
+from tests.browser.chromium import expect, save_voice_through_page, speak_and_wait, wait_for_voices
 
 pytestmark = pytest.mark.browser
 # (method, path pattern): the page's own files, then the public API.
@@ -50,12 +48,7 @@ def visit(page, tmp_path) -> None:
         page.click("#clips li .download")
     page.set_checked("#stream", False)
     speak_and_wait(page, "Spoken whole.")
-    reference = tmp_path / "reference.wav"
-    reference.write_bytes(base64.b64decode(make_wav_b64(seconds=6.0)))
-    page.fill("#upload-name", "Route Voice")
-    page.set_input_files("#upload-file", str(reference))
-    page.click("#upload")
-    expect(page.locator("#voice option:checked")).to_contain_text("Route Voice", timeout=UPLOAD_TIMEOUT_MS)
+    save_voice_through_page(page, tmp_path, "Route Voice")
     speak_and_wait(page, "Spoken in the saved voice.")
     page.click("#delete-voice")
     page.click("#delete-voice")

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from chatterbox_worker.contract.errors import ServerError
-from chatterbox_worker.engine import EngineConfig, SamplingParams, T3Engine
+from chatterbox_worker.engine import SamplingParams, T3Engine
 from chatterbox_worker.engine.cancellation import CancelScope, JobCancelled, client_gone, scope_context
-from chatterbox_worker.testing.tiny_t3 import build_tiny_t3, tiny_conditionals, tiny_text_tokens
+from chatterbox_worker.testing.tiny_t3 import tiny_engine_with_jobs, tiny_sampling, tiny_text_tokens
 from tests.real_model import run_in_threads
 
 pytestmark = pytest.mark.integration
@@ -29,18 +29,14 @@ LEAVE_DEADLINE_S = 10
 
 
 def params(seed: int, temperature: float = 0.8, n: int = TOKENS) -> SamplingParams:
-    return SamplingParams(max_new_tokens=n, seed=seed, temperature=temperature, cfg_weight=0.5,
-                          repetition_penalty=1.2, min_p=0.05, top_p=1.0)
+    return tiny_sampling(seed, n, temperature)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    t3 = build_tiny_t3("standard", layers=2)
-    engine = T3Engine(t3, "standard", EngineConfig(max_slots=4, max_context_tokens=512))
-    cond = tiny_conditionals(t3)
-    healthy = [(cond, tiny_text_tokens(t3, seed=i), params(seed=i)) for i in range(3)]
+    engine, healthy = tiny_engine_with_jobs(3, TOKENS)
     solo = [list(engine.submit(*job)) for job in healthy]
-    yield t3, engine, cond, healthy, solo
+    yield engine.t3, engine, healthy[0][0], healthy, solo
     engine.stop()
 
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from chatterbox_worker.engine import EngineConfig, SamplingParams, T3Engine
-from chatterbox_worker.testing.tiny_t3 import build_tiny_t3, tiny_conditionals, tiny_text_tokens
+from chatterbox_worker.engine import T3Engine
+from chatterbox_worker.testing.tiny_t3 import tiny_engine_with_jobs
 
 pytestmark = pytest.mark.integration
 
@@ -23,17 +23,9 @@ WINDOW = 4
 STATE_DEADLINE_S = 30
 
 
-def params(seed: int, n: int = TOKENS) -> SamplingParams:
-    return SamplingParams(max_new_tokens=n, seed=seed, temperature=0.8, cfg_weight=0.5,
-                          repetition_penalty=1.2, min_p=0.05, top_p=1.0)
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    t3 = build_tiny_t3("standard", layers=2)
-    engine = T3Engine(t3, "standard", EngineConfig(max_slots=4, max_context_tokens=512))
-    cond = tiny_conditionals(t3)
-    jobs = [(cond, tiny_text_tokens(t3, seed=i), params(seed=i)) for i in range(3)]
+    engine, jobs = tiny_engine_with_jobs(3, TOKENS)
     solo = [list(engine.submit(*job)) for job in jobs]
     yield engine, jobs, solo
     engine.stop()

@@ -7,16 +7,15 @@ then stop the server with SIGTERM and see it exit 0.
 One test, so CI pays for one model load in that process."""
 from __future__ import annotations
 
-import base64
 import shutil
 
 import pytest
 import soundfile as sf
 
-from chatterbox_worker.testing.audio_payloads import make_wav_b64
 from tests.browser.chromium import (
     expect,
     open_page,
+    save_voice_through_page,
     speak_and_wait,
     stamp_ms,
     wait_for_voices,
@@ -82,12 +81,7 @@ def stream_and_download(page, tmp_path) -> None:
 def save_speak_with_and_delete_a_voice(page, tmp_path) -> None:
     """Save a voice through the page's form, speak with it whole as FLAC and download that,
     then delete the voice with the page's button."""
-    reference = tmp_path / "reference.wav"
-    reference.write_bytes(base64.b64decode(make_wav_b64(seconds=6.0)))
-    page.fill("#upload-name", "Page Voice")
-    page.set_input_files("#upload-file", str(reference))
-    page.click("#upload")
-    expect(page.locator("#voice option:checked")).to_contain_text("Page Voice", timeout=REAL_MODEL_TIMEOUT_MS)
+    save_voice_through_page(page, tmp_path, "Page Voice", timeout_ms=REAL_MODEL_TIMEOUT_MS)
     page.set_checked("#stream", False)
     page.select_option("#response_format", "flac")
     with page.expect_request("**/v1/audio/speech") as request:

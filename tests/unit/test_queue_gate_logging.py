@@ -9,11 +9,9 @@ import re
 
 import pytest
 
-from chatterbox_worker.testing.stepped_stub import SteppedStubModel
-from chatterbox_worker.testing.stub_worker import assemble_worker
+from tests.unit.test_cancellation_serving import queue_worker, until  # noqa: F401 - a fixture
 
 WAIT_S = 10.0
-LONG_JOB_STEPS = 400
 SHORT_JOB_STEPS = 25  # long enough that the cancel of the other lands first
 OPENAI_JOB = {"openai_route": "/v1/audio/speech",
               "openai_input": {"model": "tts-1", "voice": "alloy", "input": "Hello there.", "response_format": "wav"}}
@@ -22,21 +20,10 @@ COUNTS = re.compile(r"job (\S+) (started|ended): in flight (\d+)/2, waiting (\d+
 
 
 @pytest.fixture
-def queue_handler(monkeypatch, library, cache):
-    """The queue handlers over a stepped stub, with two slots and a gate of their own."""
-    import handler
-
+def queue_handler(monkeypatch, queue_worker):
+    """The queue handlers over the stepped stub of ``queue_worker``, with two slots."""
     monkeypatch.setenv("MAX_CONCURRENT_JOBS", "2")
-    model = SteppedStubModel(step_s=0.02, steps=LONG_JOB_STEPS)
-    worker = assemble_worker(model, library, cache)
-    monkeypatch.setattr(handler, "get_worker", lambda: worker)
-    monkeypatch.setattr(handler, "_gate", None)
-    return handler, model
-
-
-async def until(condition) -> None:
-    while not condition():
-        await asyncio.sleep(0.01)
+    return queue_worker
 
 
 def logged_counts(caplog) -> list[tuple]:
