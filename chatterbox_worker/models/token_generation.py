@@ -113,16 +113,6 @@ class WindowStream:
     def __next__(self) -> np.ndarray:
         return next(self._windows)
 
-    @property
-    def tokens_done(self) -> bool:
-        """T3 has drawn every token of this stream."""
-        return self._tokens.finished
-
-    @property
-    def tokens_waiting(self) -> int:
-        """Tokens drawn that the stream's S3Gen decode has not taken yet."""
-        return self._tokens.waiting
-
     def close(self) -> None:
         close = getattr(self._windows, "close", None)
         if close is not None:

@@ -135,14 +135,6 @@ class OpenedStream:
     def __next__(self) -> T:
         return next(self._windows)
 
-    @property
-    def tokens_done(self) -> bool:
-        return getattr(self._current or self._first, "tokens_done", True)
-
-    @property
-    def tokens_waiting(self) -> int:
-        return getattr(self._current or self._first, "tokens_waiting", 0)
-
     def close(self) -> None:
         self._windows.close()
         for windows in (self._first, self._current):
@@ -265,13 +257,13 @@ def speak_stream(worker: Worker, job: SpeechJob, text: str, chunk_size: int,
     """Audio windows for ``text``, each yielded the moment the model has decoded it.
 
     ``first_chunk_size`` makes the stream's first window shorter than the rest, so that the
-    first audio leaves early; later sentence chunks use ``chunk_size`` throughout. The next
-    STREAM_LOOKAHEAD_CHUNKS chunks are opened while this one is spoken: their prefill and
-    speech tokens run while this chunk's later windows are decoded and sent, so a sentence
-    boundary leaves no gap (never their audio: each window is decoded only when its turn
-    comes). They open after one of this chunk's windows is decoded (never before its first,
-    which keeps their prefill off the first audio), once T3 has room (:func:`t3_has_room`).
-    A pause tag is one window of exact silence.
+    first audio leaves early; later sentence chunks use ``chunk_size`` throughout. Once a
+    chunk's first window is decoded, the next STREAM_LOOKAHEAD_CHUNKS chunks are opened:
+    their prefill and first speech tokens run while this chunk's later windows are decoded
+    and sent, so a sentence boundary leaves no gap (never their audio: each window is
+    decoded only when its turn comes, and each chunk's T3 is paced, STREAM_WINDOWS_AHEAD).
+    Opening them only after the first window keeps their prefill off the first audio and
+    off the boundary window. A pause tag is one window of exact silence.
     """
     plan = plan_text(text, chunk_chars(job.model.variant))
     lookahead = get_settings().stream_lookahead_chunks
@@ -284,8 +276,8 @@ def speak_stream(worker: Worker, job: SpeechJob, text: str, chunk_size: int,
                 continue
             windows = opened.pop(item.index, None) or _open_stream(worker, job, item, chunk_size, first_chunk_size)
             try:
-                for wav in windows:
-                    if t3_has_room(windows):
+                for number, wav in enumerate(windows):
+                    if number == 0:  # after this chunk's first window, so its prefill never delays that one
                         for ahead in chunks[item.index + 1:item.index + 1 + lookahead]:
                             if ahead.index not in opened:
                                 opened[ahead.index] = _open_stream(worker, job, ahead, chunk_size, first_chunk_size)
@@ -296,19 +288,6 @@ def speak_stream(worker: Worker, job: SpeechJob, text: str, chunk_size: int,
     finally:
         for windows in opened.values():  # a consumer that stops early cancels the chunks opened ahead
             _close(windows)
-
-
-def t3_has_room(windows: Iterator[np.ndarray]) -> bool:
-    """Whether the next chunk's T3 can start beside this chunk's without slowing its audio.
-
-    Yes once this chunk's tokens are all drawn, or while T3 is the stream's bottleneck (no
-    drawn token waits for S3Gen: on a GPU, the next chunk's tokens then join the same
-    batched steps almost for free). Not while tokens wait: T3 is ahead and paced
-    (STREAM_WINDOWS_AHEAD), S3Gen is the bottleneck, and on a CPU the next chunk's prefill
-    would slow the window being decoded; it starts when this chunk's T3 ends, so its cost
-    falls in the chunk's last window, not all in one earlier window.
-    """
-    return getattr(windows, "tokens_done", True) or getattr(windows, "tokens_waiting", 0) == 0
 
 
 def _close(windows: Iterator[np.ndarray]) -> None:

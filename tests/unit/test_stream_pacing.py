@@ -1,8 +1,7 @@
-"""Stream pacing without torch: the outbox's hold, and when a long stream opens its next chunk."""
+"""Stream pacing without torch: the outbox holds a paced request and a take releases it."""
 from __future__ import annotations
 
 from chatterbox_worker.engine.requests import END_OF_STREAM, TokenOutbox
-from chatterbox_worker.pipeline.speech import t3_has_room
 
 
 def test_an_outbox_holds_once_max_ahead_tokens_wait_and_a_take_releases_it():
@@ -29,15 +28,3 @@ def test_a_replayed_token_is_not_handed_twice():
     assert box.push(7, 1) is False and box.waiting == 1
     box.end()
     assert box.queue.get() == [7] and box.queue.get() is END_OF_STREAM
-
-
-class Windows:
-    def __init__(self, done: bool, waiting: int):
-        self.tokens_done, self.tokens_waiting = done, waiting
-
-
-def test_the_next_chunk_opens_once_this_chunk_s_t3_is_done_or_behind():
-    assert t3_has_room(Windows(done=True, waiting=4))  # every token drawn
-    assert t3_has_room(Windows(done=False, waiting=0))  # T3 is the bottleneck: open beside it
-    assert not t3_has_room(Windows(done=False, waiting=4))  # T3 ahead, paced: wait for its end
-    assert t3_has_room(iter([]))  # a model without an engine (the stub): after its first window
