@@ -27,7 +27,6 @@ measures, in one process:
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import platform
@@ -50,8 +49,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Room for the largest batch measured (the worker's own default follows its concurrency).
 os.environ.setdefault("ENGINE_MAX_SLOTS", "16")
 
+from bench import report  # noqa: E402 (after the path set-up above)
 from bench.random_checkpoint import checkpoint_dir  # noqa: E402
-from bench.report import finish  # noqa: E402 (after the path set-up above)
 
 logger = logging.getLogger("benchmark")
 
@@ -441,14 +440,12 @@ def table(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
-    parser.add_argument("--skip-s3gen-batch", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cli = report.parser(__doc__)
+    cli.add_argument("--skip-s3gen-batch", action="store_true")
+    args = cli.parse_args(argv)
+    report.start_logging()
     result = run(args)
-    finish(result, table(result), args.out)
+    report.finish(result, table(result), args.out)
     return 0
 
 

@@ -2,7 +2,9 @@
 the table and JSON it leaves behind."""
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -50,3 +52,15 @@ def aligned(rows: list[tuple[str, str, str]], width: int = 16) -> str:
     """Rows of (figure, value, note) as a plain-text table."""
     name_width = max(len(a) for a, _, _ in rows)
     return "\n".join(f"{a:<{name_width}}  {b:>{width}}  {c}" for a, b, c in rows)
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: ``--device`` and ``--out``, described by its docstring's first line."""
+    cli = argparse.ArgumentParser(description=doc.split("\n")[0])
+    cli.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    cli.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    return cli
+
+
+def start_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

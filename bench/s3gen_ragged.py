@@ -20,7 +20,6 @@ difference between a window's audio alone and in the ragged call, peak memory, a
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import statistics
@@ -36,8 +35,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench import report  # noqa: E402
 from bench.random_checkpoint import checkpoint_dir  # noqa: E402 (after the path set-up above)
-from bench.report import aligned, environment, finish, load_average, peak_memory_mb  # noqa: E402
+from bench.report import aligned, environment, load_average, peak_memory_mb  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
@@ -159,13 +159,11 @@ def table(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cli = report.parser(__doc__)
+    args = cli.parse_args(argv)
+    report.start_logging()
     result = run(args)
-    finish(result, table(result), args.out)
+    report.finish(result, table(result), args.out)
     return 0
 
 
