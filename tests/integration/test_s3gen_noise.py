@@ -28,8 +28,8 @@ def voice(model):
     return model.prepare_conditionals_from_array(samples, audio.sample_rate).gen
 
 
-def tokens(seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 6561, (WINDOW_TOKENS,), generator=torch.Generator().manual_seed(seed))
+def tokens(seed: int = 0, count: int = WINDOW_TOKENS) -> torch.Tensor:
+    return torch.randint(0, 6561, (count,), generator=torch.Generator().manual_seed(seed))
 
 
 def library_audio(model, speech_tokens, gen, seed: int) -> np.ndarray:
@@ -123,7 +123,7 @@ def ragged_windows(model, voice, lengths=(5, 8, 11)) -> list:
     shorter_voice = model.prepare_conditionals_from_array(
         other.samples[: int(0.7 * PROMPT_SECONDS * other.sample_rate)].copy(), other.sample_rate).gen
     gens = [voice] * (len(lengths) - 1) + [shorter_voice]
-    return [Window(tokens=tokens(i)[:n], gen=g, seed=50 + i, exact=False)
+    return [Window(tokens=tokens(i, n), gen=g, seed=50 + i, exact=False)
             for i, (n, g) in enumerate(zip(lengths, gens))]
 
 
