@@ -13,7 +13,10 @@ import torch
 # Each generation is bounded to a handful of speech tokens: random weights rarely stop,
 # and on CPU every token costs about 0.4 s of T3 plus S3Gen time.
 TINY_TOKENS = 4
-SHORT_VOICE_SECONDS = 2.5
+# S3Gen's flow decoder runs over the prompt's mel frames as well as the new ones, so its CPU
+# cost grows with the prompt (about 3 s per decode at 2.5 s of prompt, 14 s at 10 s). Two
+# seconds still cover the voice encoder's 1.6 s partial window.
+SHORT_VOICE_SECONDS = 2.0
 N_SHORT_VOICES = 5
 
 

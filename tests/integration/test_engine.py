@@ -246,14 +246,15 @@ def test_out_of_memory_lowers_the_slots_and_retries_once(monkeypatch):
     assert batched == solo  # the replay redraws the same tokens and delivers none twice
 
 
-def test_a_replay_counts_in_the_job_s_metrics_and_the_audio_is_unchanged(model, monkeypatch):
+def test_a_replay_counts_in_the_job_s_metrics_and_the_audio_is_unchanged(model, voice, monkeypatch):
     """The real model notes its engine's replays for the job's ``metrics.memory_retries``."""
     from chatterbox_worker.pipeline.job_metrics import count_memory_retries, memory_retries
 
     engine = model.engine
     monkeypatch.setattr(engine, "max_jobs", engine.max_jobs)  # the OOM halves it; restored after
     replay = model.options(max_new_tokens=4, seed=8, watermark=False)
-    solo = model.synthesize("Replay.", options=replay)
+    conds = model.prepare_conditionals_from_array(*short_prompt(voice))
+    solo = model.synthesize("Replay.", conditionals=conds, options=replay)
     forward = engine.backbone.forward
     state = {"failed": False}
 
@@ -265,7 +266,7 @@ def test_a_replay_counts_in_the_job_s_metrics_and_the_audio_is_unchanged(model, 
 
     monkeypatch.setattr(engine.backbone, "forward", failing_once)
     count_memory_retries()
-    replayed = model.synthesize("Replay.", options=replay)
+    replayed = model.synthesize("Replay.", conditionals=conds, options=replay)
     assert state["failed"] and memory_retries() == 1
     assert np.array_equal(replayed, solo)
 
@@ -354,6 +355,12 @@ def voice():
     return v.samples[: int(6.0 * v.sample_rate)].copy(), v.sample_rate  # Turbo needs more than 5 s
 
 
+def short_prompt(voice: tuple[np.ndarray, int]) -> tuple[np.ndarray, int]:
+    """The first SHORT_VOICE_SECONDS of the voice: S3Gen's cost grows with the prompt."""
+    samples, sr = voice
+    return samples[: int(SHORT_VOICE_SECONDS * sr)], sr
+
+
 def real_job(variant, model, conds, text, seed, n=REAL_TOKENS, **overrides):
     kwargs = {**library_kwargs(variant), **overrides}
     extra = {"language_id": "fr"} if variant == "multilingual" else {}
@@ -399,8 +406,7 @@ def test_seeded_synthesis_from_threads_equals_solo_audio(model, voice):
     """Through the public API: three seeded synthesize calls from three threads give the
     same audio as the same calls one at a time (T3 per-job generators, S3Gen seeded per
     call under its lock)."""
-    samples, sr = voice
-    conds = model.prepare_conditionals_from_array(samples[: int(SHORT_VOICE_SECONDS * sr)], sr)
+    conds = model.prepare_conditionals_from_array(*short_prompt(voice))
     calls = [dict(text=t, seed=s) for t, s in (("One.", 1), ("Two words.", 2), ("Three more words.", 3))]
     solo = [model.synthesize(c["text"], conditionals=conds, options=model.options(seed=c["seed"], max_new_tokens=4))
             for c in calls]

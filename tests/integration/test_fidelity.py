@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from chatterbox.tts import ChatterboxTTS
 
-from tests.real_model import TINY_TOKENS, bitwise_equal, conditionals_tensors, seed_everything, write_prompt
+from tests.real_model import SHORT_VOICE_SECONDS, TINY_TOKENS, bitwise_equal, conditionals_tensors, seed_everything, write_prompt
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +26,14 @@ def speech() -> tuple[np.ndarray, int]:
 
     voice = OptimizedVoiceLibrary(REPO).get_voice_audio_by_name("Amy")
     return voice.samples[: int(PROMPT_SECONDS * voice.sample_rate)].copy(), voice.sample_rate
+
+
+@pytest.fixture(scope="module")
+def short_speech(speech) -> tuple[np.ndarray, int]:
+    """The first SHORT_VOICE_SECONDS of ``speech``, for tests that run S3Gen (its cost grows
+    with the prompt)."""
+    samples, sr = speech
+    return samples[: int(SHORT_VOICE_SECONDS * sr)].copy(), sr
 
 
 def file_conditionals(model, path):
@@ -84,8 +92,8 @@ def test_pcm16_round_trip_of_float_audio_within_tolerance(model, speech, tmp_pat
         assert agreement >= PCM16_MIN_TOKEN_AGREEMENT, (name, agreement)
 
 
-def test_same_seed_same_samples(model, speech):
-    samples, sr = speech
+def test_same_seed_same_samples(model, short_speech):
+    samples, sr = short_speech
     conds = model.prepare_conditionals_from_array(samples, sr)
     seven = model.options(seed=7, max_new_tokens=TINY_TOKENS)
     first = model.synthesize("Reproducible.", conditionals=conds, options=seven)
@@ -95,8 +103,8 @@ def test_same_seed_same_samples(model, speech):
     assert not np.array_equal(first, other)
 
 
-def test_generate_keeps_library_signature_and_leaves_model_state(model, speech):
-    samples, sr = speech
+def test_generate_keeps_library_signature_and_leaves_model_state(model, short_speech):
+    samples, sr = short_speech
     before = model.conds
     wav = model.generate("Hello.", audio_prompt_array=samples, audio_prompt_sr=sr, seed=3,
                          max_new_tokens=TINY_TOKENS)
@@ -127,8 +135,8 @@ def test_stream_samples_the_library_tokens(model, speech):
     assert torch.equal(streamed, library_tokens.cpu())
 
 
-def test_stream_yields_chunks_of_audio(model, speech):
-    samples, sr = speech
+def test_stream_yields_chunks_of_audio(model, short_speech):
+    samples, sr = short_speech
     conds = model.prepare_conditionals_from_array(samples, sr)
     chunks = list(model.stream("Chunks.", conditionals=conds, chunk_size=2,
                                options=model.options(seed=5, max_new_tokens=TINY_TOKENS)))

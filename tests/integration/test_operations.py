@@ -64,7 +64,7 @@ def test_all_operations(run, real_worker):
     again = run({"text": "Hello there.", "voice_name": names[0], **tiny})
     assert again["metrics"]["cache_hit"] is True and again["audio"] == basic["audio"]
 
-    streaming = run({"text": "Streaming now.", "mode": "streaming", "chunk_size": 2, **tiny})
+    streaming = run({"text": "Streaming now.", "mode": "streaming", "voice_name": names[0], "chunk_size": 2, **tiny})
     assert streaming["streaming_metrics"]["total_chunks"] >= 2
     cloning_mode = run({"text": "Clone mode.", "mode": "streaming_voice_cloning", "voice_name": names[1],
                         "chunk_size": 2, **tiny})
