@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.real_model import SHORT_VOICE_SECONDS
+
 pytestmark = pytest.mark.integration
 
 WINDOW_TOKENS = 8
-PROMPT_SECONDS = 3.0
+PROMPT_SECONDS = SHORT_VOICE_SECONDS  # S3Gen's cost grows with the prompt
 
 
 @pytest.fixture(scope="module")
