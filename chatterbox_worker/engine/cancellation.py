@@ -35,6 +35,7 @@ _CURRENT: contextvars.ContextVar[CancelScope | None] = contextvars.ContextVar("c
 TIMEOUT_STATUS = 504
 CLIENT_CLOSED_STATUS = 499  # nginx's convention; nobody reads it, the client has gone
 UNAVAILABLE_STATUS = 503
+SHUTTING_DOWN = "shutting_down"  # the reason of a job cancelled at shutdown, after the grace period
 
 
 class JobCancelled(ClassifiedError):
@@ -61,7 +62,7 @@ def runpod_cancelled() -> JobCancelled:
 
 
 def shutting_down(grace_s: float) -> JobCancelled:
-    return JobCancelled("shutting_down", f"server: the worker is shutting down and the job did not finish within "
+    return JobCancelled(SHUTTING_DOWN, f"server: the worker is shutting down and the job did not finish within "
                         f"SHUTDOWN_GRACE_S={grace_s:g} s; retry it", UNAVAILABLE_STATUS)
 
 

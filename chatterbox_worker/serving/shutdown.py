@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from chatterbox_worker.engine.cancellation import SHUTTING_DOWN
 from chatterbox_worker.serving.gate import JobGate
 
 logger = logging.getLogger("chatterbox_worker")
@@ -42,14 +43,21 @@ def finish(cache_source: CacheSource, cancelled: int) -> None:
     """Step 3 and the last word, on a thread of their own: in queue mode the SDK's loop ends
     once its jobs have answered, and may cancel the shutdown task before this is done; the
     loop's end still waits for the thread, so the flush and the log line are never cut off."""
+    # (Also reached from a cancelled shut_down, whose gate wait the loop's end cut short.)
     flush_cache(cache_source)
     logger.info("shutdown complete: %d job(s) cancelled after the grace period", cancelled)
 
 
 async def shut_down(gate: JobGate | None, cache_source: CacheSource) -> int:
     """Steps 1-3 of the module: returns how many jobs had to be cancelled."""
-    cancelled = await gate.shutdown() if gate is not None else 0
-    await asyncio.to_thread(finish, cache_source, cancelled)
+    try:
+        if gate is not None:
+            await gate.shutdown()
+    finally:
+        # In queue mode the SDK's loop ends as soon as its jobs have answered, and cancels this
+        # task if the gate's wait has not returned by then: flush and say so all the same.
+        cancelled = gate.cancelled[SHUTTING_DOWN] if gate is not None else 0
+        await asyncio.to_thread(finish, cache_source, cancelled)
     return cancelled
 
 

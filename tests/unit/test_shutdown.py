@@ -135,3 +135,41 @@ def test_queue_mode_shutdown_cancels_what_outlives_the_grace_period(monkeypatch,
     cancelled, result, late = asyncio.run(scenario())
     assert cancelled == 1 and "SHUTDOWN_GRACE_S" in result["error"]
     assert "shutting down" in late["error"] and model.active == 0
+
+
+def test_a_shutdown_cut_short_by_the_loop_s_end_still_flushes_and_says_so(monkeypatch, library, cache, caplog):
+    """In queue mode the SDK's loop may end, cancelling the shutdown task, while the gate still
+    waits for the grace period: the cache is flushed and the last line logged all the same."""
+    import logging
+
+    import handler
+
+    monkeypatch.setenv("SHUTDOWN_GRACE_S", "30")
+    model = SteppedStubModel(step_s=0.02, steps=50)
+    worker = assemble_worker(model, library, cache)
+    monkeypatch.setattr(handler, "get_worker", lambda: worker)
+    monkeypatch.setattr(handler, "_gate", None)
+    flushes = []
+    flush = worker.cache.flush
+    monkeypatch.setattr(worker.cache, "flush", lambda timeout: flushes.append(timeout) or flush(timeout))
+
+    async def scenario():
+        from chatterbox_worker.serving.shutdown import shut_down
+
+        job = asyncio.create_task(handler.async_handler({"id": "j", "input": {"text": "Hello there."}}))
+        while model.active == 0:
+            await asyncio.sleep(0.01)
+        gate = handler.queue_gate()
+        shutdown = asyncio.create_task(shut_down(gate, lambda: worker.cache))
+        while not gate.admission.stats().closed:
+            await asyncio.sleep(0.01)
+        shutdown.cancel()  # what asyncio.run does to the tasks left when its loop ends
+        with pytest.raises(asyncio.CancelledError):
+            await shutdown
+        return await job
+
+    with caplog.at_level(logging.INFO, logger="chatterbox_worker"):
+        result = asyncio.run(scenario())
+    assert "error" not in result  # the job itself was not cut off
+    assert len(flushes) == 1
+    assert "shutdown complete: 0 job(s) cancelled" in caplog.text
