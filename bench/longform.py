@@ -27,7 +27,6 @@ STREAM_TOKENS per streamed sentence in windows of STREAM_WINDOW_TOKENS.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -50,9 +49,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Engine slots for every chunk of the parallel run (a worker's default follows its concurrency).
 os.environ.setdefault("ENGINE_MAX_SLOTS", str(PARALLEL_SLOTS))
 
+from bench import report  # noqa: E402
 from bench.longform_timeline import draw_timeline  # noqa: E402 (after the path set-up above)
 from bench.random_checkpoint import checkpoint_dir  # noqa: E402
-from bench.report import finish  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
@@ -310,20 +309,18 @@ def table(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    parser = report.parser(__doc__)
     parser.add_argument("--tokens", type=int, default=CHUNK_TOKENS, help="speech-token cap per basic chunk")
     parser.add_argument("--stream-tokens", type=int, default=STREAM_TOKENS, help="speech-token cap per streamed sentence")
     parser.add_argument("--picture", type=Path, default=REPO / "docs" / "longform-timeline.png")
     parser.add_argument("--skip-model", action="store_true", help="only the 100,000-character stub job")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    report.start_logging()
     result = run(args)
-    finish(result, table(result), args.out)
+    report.finish(result, table(result), args.out)
     if "timeline" in result and args.picture:
         draw_timeline(result["timeline"], args.picture, title=f"{result['device']}, {result['chunk_tokens']} tokens a chunk")
-        print(f"drew {args.picture}")
+        logger.info("drew %s", args.picture)
     return 0
 
 

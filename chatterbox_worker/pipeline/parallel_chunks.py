@@ -83,11 +83,12 @@ class _Slots:
 
     def run(self, synthesize: Synthesize, chunk: Chunk) -> np.ndarray:
         self._free.acquire()
-        held = [True]
+        held = True
 
-        def release() -> None:
-            if held[0]:
-                held[0] = False
+        def release() -> None:  # on this chunk's thread only: at tokens_drawn(), then at its end
+            nonlocal held
+            if held:
+                held = False
                 self._free.release()
 
         _TOKENS_DRAWN.set(release)  # in this chunk's own context copy

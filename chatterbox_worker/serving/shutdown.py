@@ -43,7 +43,6 @@ def finish(cache_source: CacheSource, cancelled: int) -> None:
     """Step 3 and the last word, on a thread of their own: in queue mode the SDK's loop ends
     once its jobs have answered, and may cancel the shutdown task before this is done; the
     loop's end still waits for the thread, so the flush and the log line are never cut off."""
-    # (Also reached from a cancelled shut_down, whose gate wait the loop's end cut short.)
     flush_cache(cache_source)
     logger.info("shutdown complete: %d job(s) cancelled after the grace period", cancelled)
 
